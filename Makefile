@@ -1,0 +1,41 @@
+# protocaffe developer commands. `make test` and `make demo` install into .venv first when it is missing.
+PY      ?= python3
+VENV    := .venv
+VPY     := $(VENV)/bin/python
+STAMP   := $(VENV)/.installed
+
+.PHONY: install test test-all lint proto demo bench clean
+
+$(STAMP): pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(VPY) -m pip install -q --upgrade pip
+	$(VPY) -m pip install -q torch==2.13.0
+	$(VPY) -m pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+test: $(STAMP)
+	$(VPY) -m pytest -q -m 'not slow'
+
+test-all: $(STAMP)
+	$(VPY) -m pytest -q
+
+lint: $(STAMP)
+	$(VPY) -m ruff check protocaffe tests benchmarks
+	$(VPY) -m ruff format --check protocaffe tests benchmarks
+
+proto: $(STAMP)
+	$(VPY) -m grpc_tools.protoc -Iprotos --python_out=protocaffe/proto --pyi_out=protocaffe/proto protos/caffe.proto
+
+demo: $(STAMP)
+	$(VENV)/bin/protocaffe compile models/fcn8s.prototxt --input data=1,3,500,500
+	$(VENV)/bin/protocaffe run models/fcn8s.prototxt --input examples/street.png --output demo-out --seed 0
+
+bench: $(STAMP)
+	$(VPY) benchmarks/bench_parse.py
+	$(VPY) benchmarks/bench_compile.py
+	$(VPY) benchmarks/bench_forward.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info demo-out .pytest_cache

@@ -1,0 +1,5 @@
+import sys
+
+from protocaffe.cli import main
+
+sys.exit(main())

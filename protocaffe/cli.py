@@ -1,0 +1,53 @@
+"""The `protocaffe` command line: one module per subcommand under protocaffe/commands/.
+
+Each command module defines `add_parser(subparsers)` (which sets `func`) and keeps its
+top-level imports light, so that `protocaffe compile` never pays for importing torch.
+Exit codes: 0 ok (warnings allowed), 1 the input is wrong, 2 bad usage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from protocaffe.diagnostics import CompileError, print_diagnostics
+
+COMMANDS = ("compile", "run", "bench", "upgrade", "fmt", "convert")
+
+EXIT_OK, EXIT_INPUT, EXIT_USAGE = 0, 1, 2
+
+
+class UsageError(Exception):
+    """Bad command-line usage discovered after argument parsing (exit 2)."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="protocaffe",
+        description="Caffe prototxt compiler and runtime: check, shape-infer and run Caffe nets.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name in COMMANDS:
+        importlib.import_module(f"protocaffe.commands.{name}").add_parser(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)  # argparse itself exits 2 on usage errors
+    try:
+        return int(args.func(args) or 0)
+    except CompileError as err:
+        print_diagnostics(err.diagnostics)
+        return EXIT_INPUT
+    except UsageError as err:
+        parser.print_usage(sys.stderr)
+        print(f"protocaffe {args.command}: error: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

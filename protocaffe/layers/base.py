@@ -1,0 +1,233 @@
+"""The layer registry: each Caffe layer type is declared once, by a `LayerDef` subclass.
+
+A LayerDef says, for one type name:
+  - `param_field`: which LayerParameter field holds its parameters (e.g. "convolution_param"),
+  - `bottoms` / `tops`: how many blobs it takes and produces (min, max; max None = unbounded),
+  - `shapes()`: Caffe's Reshape() rule, bottom shapes -> top shapes,
+  - `blobs()`: its learnable / stored blobs in Caffe's order (blobs[0], blobs[1], ...),
+  - `macs()`: multiply-accumulates for one forward pass,
+  - `coord_map()`: the affine output->input coordinate map used for Crop alignment,
+  - `lower()`: its PyTorch lowering, emitting torch.fx nodes.
+
+Adding a layer type is one subclass decorated with `@register`, in one file under
+protocaffe/layers/, plus its test. Nothing here imports torch: lowering code imports it lazily
+(see `protocaffe.lazy`) so that `protocaffe compile` stays fast.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar, NoReturn
+
+from protocaffe.diagnostics import CompileError, Diagnostic, Span
+
+if TYPE_CHECKING:
+    import numpy as np
+    from torch import fx
+
+    from protocaffe.ir.graph import Layer
+
+Shape = tuple[int, ...]
+Arity = tuple[int, int | None]
+
+
+def shape_str(shape: Sequence[int]) -> str:
+    """Caffe-style shape text, e.g. 1x21x34x34."""
+    return "x".join(str(d) for d in shape) if len(shape) else "scalar"
+
+
+def count(shape: Sequence[int]) -> int:
+    return math.prod(shape)
+
+
+def canonical_axis(axis: int, ndim: int) -> int:
+    """Caffe's CanonicalAxisIndex without the CHECK: negative axes count from the end."""
+    return axis + ndim if axis < 0 else axis
+
+
+@dataclass(frozen=True)
+class BlobSpec:
+    """One of a layer's stored blobs, in Caffe order.
+
+    `name` is the attribute under the layer's module (`conv1.weight`); `filler` is the
+    FillerParameter message to initialise it with when no weights are loaded (None means
+    constant 0). `learnable=False` marks statistics such as BatchNorm's running mean, which
+    become buffers rather than nn.Parameters.
+    """
+
+    name: str
+    shape: Shape
+    filler: Any = None
+    learnable: bool = True
+
+
+@dataclass(frozen=True)
+class Affine:
+    """Coordinate map on the spatial axes: input_coord = scale * output_coord + shift.
+
+    Mirrors the FCN authors' coord_map: conv/pool have scale = stride, deconv 1/stride.
+    Stored as output->input in the direction of data flow: a top coordinate y corresponds to
+    bottom coordinate scale*y + shift.
+    """
+
+    scale: float
+    shift: float
+
+    def then(self, inner: Affine) -> Affine:
+        """Compose: first map through self (top->bottom), then inner (bottom->its bottom)."""
+        return Affine(inner.scale * self.scale, inner.scale * self.shift + inner.shift)
+
+
+IDENTITY = Affine(1.0, 0.0)
+
+
+class LayerError(CompileError):
+    """A shape or parameter error tied to one layer (and optionally one of its fields)."""
+
+
+class ShapeContext:
+    """What a shape rule sees: the layer, its parameters and its bottoms' shapes."""
+
+    def __init__(
+        self,
+        layer: Layer,
+        bottoms: list[Shape],
+        span_of: Callable[[tuple[str | int, ...]], Span | None],
+        phase: int = 1,
+    ) -> None:
+        self.layer = layer
+        self.bottoms = bottoms
+        self.phase = phase  # caffe_pb2.TRAIN == 0, TEST == 1
+        self._span_of = span_of
+        self.warnings: list[Diagnostic] = []
+        spec = layer.spec
+        self.param = getattr(layer.proto, spec.param_field) if spec and spec.param_field else None
+
+    @property
+    def name(self) -> str:
+        return self.layer.name
+
+    @property
+    def type(self) -> str:
+        return self.layer.type
+
+    def has(self, field: str) -> bool:
+        """Whether the layer's param message sets `field` (scalar or repeated)."""
+        p = self.param
+        if p is None:
+            return False
+        desc = p.DESCRIPTOR.fields_by_name[field]
+        if desc.is_repeated:
+            return len(getattr(p, field)) > 0
+        return p.HasField(field)
+
+    def span(self, *field_path: str | int) -> Span | None:
+        """Span of a field inside this layer's param message (or of the layer itself)."""
+        spec = self.layer.spec
+        path: tuple[str | int, ...] = self.layer.path
+        if field_path:
+            if spec and spec.param_field and field_path[0] not in ("bottom", "top", "param"):
+                path = (*path, spec.param_field)
+            path = (*path, *field_path)
+        return self._span_of(path)
+
+    def fail(self, message: str, *field_path: str | int, hint: str | None = None) -> NoReturn:
+        """Stop this layer's shape rule with an error located at the layer or one field."""
+        span = self.span(*field_path) if field_path else self.layer.span
+        text = f"{self.type} '{self.name}': {message}"
+        raise LayerError([Diagnostic("error", text, span or self.layer.span, hint)])
+
+    def warn(self, message: str, *field_path: str | int, hint: str | None = None) -> None:
+        span = self.span(*field_path) if field_path else self.layer.span
+        text = f"{self.type} '{self.name}': {message}"
+        self.warnings.append(Diagnostic("warning", text, span or self.layer.span, hint))
+
+
+class LowerContext:
+    """What a lowering sees. Implemented by protocaffe.lower.builder; documented here.
+
+    Attributes: `layer`, `param`, `inputs` (fx nodes of the bottoms, in order),
+    `bottom_shapes`, `top_shapes`, `phase` (0 TRAIN / 1 TEST), `graph` (the fx.Graph).
+    Methods: `call(fn, *args, **kwargs)` emits a call_function node; `blob(name)` emits a
+    get_attr node for this layer's stored blob; `can_modify_input(i)` says whether input i
+    has no other consumer, so an in-place op is safe.
+    """
+
+    layer: Layer
+    param: Any
+    inputs: list[fx.Node]
+    bottom_shapes: list[Shape]
+    top_shapes: list[Shape]
+    phase: int
+    graph: fx.Graph
+
+    def call(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> fx.Node:
+        raise NotImplementedError
+
+    def blob(self, name: str) -> fx.Node:
+        raise NotImplementedError
+
+    def can_modify_input(self, index: int) -> bool:
+        raise NotImplementedError
+
+
+class LayerDef:
+    """Base class of every layer declaration. Subclass, set the class attributes, register."""
+
+    type: ClassVar[str]
+    param_field: ClassVar[str | None] = None
+    bottoms: ClassVar[Arity] = (1, 1)
+    tops: ClassVar[Arity] = (1, 1)
+    # Caffe computes it correctly when top == bottom (ReLU, Dropout, BatchNorm, Scale, ...).
+    in_place: ClassVar[bool] = False
+    # Spatial coordinates pass through unchanged (elementwise layers, Concat, Eltwise, ...).
+    coord_identity: ClassVar[bool] = False
+    # Data layers: produce blobs from outside the net (shape from params or --input).
+    is_input: ClassVar[bool] = False
+    # Loss layers: top[0] is a loss, weighted by loss_weight (default 1).
+    is_loss: ClassVar[bool] = False
+
+    def shapes(self, ctx: ShapeContext) -> list[Shape]:
+        raise NotImplementedError
+
+    def blobs(self, ctx: ShapeContext) -> list[BlobSpec]:
+        return []
+
+    def macs(self, ctx: ShapeContext, tops: list[Shape]) -> int:
+        return 0
+
+    def coord_map(self, ctx: ShapeContext) -> Affine | None:
+        """Affine map from top to bottom[0] coordinates on spatial axes; None = not defined."""
+        return IDENTITY if self.coord_identity else None
+
+    def lower(self, ctx: LowerContext) -> list[fx.Node]:
+        raise NotImplementedError(f"{self.type} has no PyTorch lowering")
+
+    @property
+    def lowerable(self) -> bool:
+        return type(self).lower is not LayerDef.lower
+
+    def reference(
+        self, ctx: ShapeContext, inputs: list[np.ndarray], blobs: list[np.ndarray]
+    ) -> list[np.ndarray]:
+        """Slow numpy oracle mirroring Caffe's C++ forward loop (optional, for tests)."""
+        raise NotImplementedError
+
+
+REGISTRY: dict[str, LayerDef] = {}
+
+
+def register(cls: type[LayerDef]) -> type[LayerDef]:
+    """Class decorator: make a layer type known by its Caffe type name."""
+    if cls.type in REGISTRY:
+        raise ValueError(f"layer type {cls.type!r} registered twice")
+    REGISTRY[cls.type] = cls()
+    return cls
+
+
+def lookup(type_name: str) -> LayerDef | None:
+    import protocaffe.layers  # noqa: F401  (importing the package registers every layer)
+
+    return REGISTRY.get(type_name)
