@@ -96,10 +96,13 @@ class ShapeContext:
         bottoms: list[Shape],
         span_of: Callable[[tuple[str | int, ...]], Span | None],
         phase: int = 1,
+        overrides: dict[str, Shape] | None = None,
     ) -> None:
         self.layer = layer
         self.bottoms = bottoms
         self.phase = phase  # caffe_pb2.TRAIN == 0, TEST == 1
+        # User-given shapes (--input name=N,C,H,W) by top name; input/data layers honour them.
+        self.overrides = overrides or {}
         self._span_of = span_of
         self.warnings: list[Diagnostic] = []
         spec = layer.spec
