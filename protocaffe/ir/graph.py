@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from protocaffe.diagnostics import Span
+from protocaffe.diagnostics import Diagnostic, Span
 from protocaffe.frontend.sourcemap import FieldPath, SourceMap
 
 if TYPE_CHECKING:
@@ -62,6 +62,10 @@ class Graph:
     values: dict[str, Value] = field(default_factory=dict)  # by Value.id
     inputs: list[Value] = field(default_factory=list)  # produced by input/data layers
     outputs: list[Value] = field(default_factory=list)  # final definitions nobody consumes
+    state: Any = None  # protocaffe.ir.state.NetState the graph was built for
+    # Warnings and notes gathered while building (errors are raised as CompileError instead).
+    diagnostics: list[Diagnostic] = field(default_factory=list)
+    coords: Any = None  # protocaffe.ir.coordmap.CoordAnalysis: coordinate maps, crop alignment
 
     @property
     def name(self) -> str:

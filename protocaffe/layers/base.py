@@ -131,7 +131,11 @@ class ShapeContext:
         spec = self.layer.spec
         path: tuple[str | int, ...] = self.layer.path
         if field_path:
-            if spec and spec.param_field and field_path[0] not in ("bottom", "top", "param"):
+            # bottom/top/param and the other *_param messages (loss_param, transform_param,
+            # softmax_param, ...) hang off the LayerParameter, not off this layer's own param.
+            first = str(field_path[0])
+            layer_level = first in ("bottom", "top", "param") or first.endswith("_param")
+            if spec and spec.param_field and not layer_level:
                 path = (*path, spec.param_field)
             path = (*path, *field_path)
         return self._span_of(path)
@@ -204,6 +208,10 @@ class LayerDef:
     def coord_map(self, ctx: ShapeContext) -> Affine | None:
         """Affine map from top to bottom[0] coordinates on spatial axes; None = not defined."""
         return IDENTITY if self.coord_identity else None
+
+    def explain(self, ctx: ShapeContext) -> list[str]:
+        """Lines for `protocaffe compile --explain`: the shape formula with numbers filled in."""
+        return []
 
     def lower(self, ctx: LowerContext) -> list[fx.Node]:
         raise NotImplementedError(f"{self.type} has no PyTorch lowering")

@@ -1,0 +1,355 @@
+"""Build the graph IR from a parsed net: state filtering, SSA values, checks, shape inference.
+
+One pass over the layers in file order does everything: each kept layer's bottoms are resolved
+to the current definition of their blob, its tops become new `Value`s, and its LayerDef infers
+the top shapes. A layer that fails gets tops of unknown shape, and layers that consume unknown
+shapes are skipped without further messages, so one mistake produces one error while every
+independent mistake is still reported.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from protocaffe.diagnostics import CompileError, Diagnostic, Diagnostics, Span, suggestion_hint
+from protocaffe.ir.graph import Graph, Layer, Value
+from protocaffe.ir.state import layer_included, net_state
+from protocaffe.layers.base import REGISTRY, Arity, Shape, ShapeContext, lookup, shape_str
+
+# Types that exist only in Caffe forks, with where they come from, for the unknown-type note.
+FORK_TYPES = {
+    "Interp": "the DeepLab/PSPNet forks (bilinear resize)",
+    "BN": "the SegNet/PSPNet forks (BVLC Caffe uses BatchNorm followed by Scale)",
+    "Upsample": "the SegNet fork (max-unpooling with pooling masks)",
+    "DenseImageData": "the SegNet fork",
+    "PriorBox": "the SSD fork (weiliu89/caffe)",
+    "DetectionOutput": "the SSD fork (weiliu89/caffe)",
+    "Permute": "the SSD fork (weiliu89/caffe)",
+    "Normalize": "the SSD fork (weiliu89/caffe)",
+    "MultiBoxLoss": "the SSD fork (weiliu89/caffe)",
+    "AnnotatedData": "the SSD fork (weiliu89/caffe)",
+    "ROIPooling": "the Fast/Faster R-CNN fork (rbgirshick/caffe-fast-rcnn)",
+    "SmoothL1Loss": "the Fast/Faster R-CNN fork (rbgirshick/caffe-fast-rcnn)",
+    "Proposal": "the PVANet fork (sanghoon/caffe)",
+    "ImageLabelmapData": "the HED fork (s9xie/hed)",
+    "ImageDataModify": "a colorization fork",
+    "SoftmaxCrossEntropyLoss": "the colorization fork (richzhang/caffe)",
+    "ImageSegData": "the DeepLab fork",
+    "MatWrite": "the DeepLab fork",
+    "SegAccuracy": "the DeepLab fork",
+    "ConvolutionDepthwise": "MobileNet forks (BVLC Caffe uses Convolution with group)",
+    "DepthwiseConvolution": "MobileNet forks (BVLC Caffe uses Convolution with group)",
+    "ShuffleChannel": "ShuffleNet forks",
+    "Axpy": "the SENet fork",
+}
+
+
+def build_graph(
+    parsed: Any,
+    phase: str | int | None = None,
+    stages: Iterable[str] = (),
+    level: int | None = None,
+    input_shapes: Mapping[str, Shape] | None = None,
+) -> Graph:
+    """The graph of `parsed` (a frontend ParsedFile) for one NetState, with shapes.
+
+    `phase`/`level` default to the net's `state` field (else TEST / 0); `stages` add to its
+    stages. `input_shapes` overrides input blob shapes by top name (--input). Raises
+    CompileError carrying every error (and the warnings) when anything is wrong; otherwise
+    warnings and notes are left on `graph.diagnostics`.
+    """
+    net = parsed.message
+    state = net_state(net, phase, stages, level)
+    graph = Graph(net=net, source_map=parsed.source_map, phase=state.phase, state=state)
+    builder = _Builder(graph, dict(input_shapes or {}))
+    builder.diags.extend(getattr(parsed, "diagnostics", ()))
+    builder.run()
+
+    from protocaffe.ir.coordmap import analyze
+
+    graph.coords = analyze(graph)
+    builder.diags.extend(graph.coords.diagnostics)
+    diagnostics = sorted(builder.diags, key=_position)
+    if any(d.severity == "error" for d in diagnostics):
+        raise CompileError(diagnostics)
+    graph.diagnostics = diagnostics
+    return graph
+
+
+def shape_context(
+    graph: Graph, layer: Layer, overrides: Mapping[str, Shape] | None = None
+) -> ShapeContext:
+    """A fresh ShapeContext for a built layer (its inputs' shapes must be known)."""
+    bottoms: list[Shape] = [v.shape for v in layer.inputs if v.shape is not None]
+    return ShapeContext(layer, bottoms, graph.span_of, graph.phase, dict(overrides or {}))
+
+
+def _position(d: Diagnostic) -> tuple[int, int]:
+    return (d.span.line, d.span.col) if d.span else (0, 0)
+
+
+def arity_text(arity: Arity, noun: str) -> str:
+    lo, hi = arity
+    plural = f"{noun}s"
+    if hi == lo:
+        return f"no {plural}" if lo == 0 else f"{lo} {noun if lo == 1 else plural}"
+    if hi is None:
+        return f"at least {lo} {noun if lo == 1 else plural}"
+    joiner = "or" if hi == lo + 1 else "to"
+    return f"{lo} {joiner} {hi} {plural}"
+
+
+class _Builder:
+    def __init__(self, graph: Graph, overrides: dict[str, Shape]) -> None:
+        self.graph = graph
+        self.net = graph.net
+        self.overrides = overrides
+        self.diags = Diagnostics()
+        self.current: dict[str, Value] = {}  # blob name -> its latest definition
+        self.listed_types = False
+        lookup("Input")  # importing protocaffe.layers fills REGISTRY
+
+    # --- helpers -------------------------------------------------------------------------
+
+    def span(self, *path: str | int) -> Span | None:
+        return self.graph.span_of(path)
+
+    def where(self, layer: Layer) -> str:
+        return f" (line {layer.span.line})" if layer.span else ""
+
+    def new_value(self, blob: str, producer: Layer) -> Value:
+        vid = blob if blob not in self.graph.values else f"{blob}@{producer.name}"
+        base, k = vid, 2
+        while vid in self.graph.values:
+            vid, k = f"{base}#{k}", k + 1
+        value = Value(vid, blob, producer)
+        self.graph.values[vid] = value
+        self.current[blob] = value
+        return value
+
+    # --- the pass ------------------------------------------------------------------------
+
+    def run(self) -> None:
+        state = self.graph.state
+        kept: list[int] = []
+        excluded_producers: dict[str, str] = {}
+        for i, lp in enumerate(self.net.layer):
+            if len(lp.include) and len(lp.exclude):
+                self.diags.error(
+                    f"layer '{lp.name}' has both include and exclude rules",
+                    self.span("layer", i, "exclude", 0),
+                    hint="Caffe accepts one kind of rule per layer; keep either include or exclude",
+                )
+            if layer_included(state, lp):
+                kept.append(i)
+            else:
+                for top in lp.top:
+                    excluded_producers.setdefault(top, lp.name)
+        # Who produces each blob anywhere in the kept net, to explain out-of-order bottoms.
+        producers: dict[str, list[tuple[int, str]]] = {}
+        for order, i in enumerate(kept):
+            for top in self.net.layer[i].top:
+                producers.setdefault(top, []).append((order, self.net.layer[i].name))
+
+        for order, i in enumerate(kept):
+            self.add_layer(order, i, producers, excluded_producers)
+        self.check_overrides()
+        self.check_names()
+        self.graph.outputs = [
+            v for v in self.graph.values.values() if not v.consumers and self.current[v.blob] is v
+        ]
+
+    def add_layer(
+        self,
+        order: int,
+        index: int,
+        producers: dict[str, list[tuple[int, str]]],
+        excluded: dict[str, str],
+    ) -> None:
+        lp = self.net.layer[index]
+        path = ("layer", index)
+        spec = REGISTRY.get(lp.type)
+        layer = Layer(lp.name, lp.type, lp, path, self.span(*path, "name"), spec)
+        self.graph.layers.append(layer)
+        ok = spec is not None
+        if spec is None:
+            self.unknown_type(layer)
+        elif not self.check_arity(layer):
+            ok = False
+
+        for j, blob in enumerate(lp.bottom):
+            value = self.current.get(blob)
+            if value is None:
+                self.missing_bottom(layer, j, blob, order, producers, excluded)
+                ok = False
+                continue
+            layer.inputs.append(value)
+            value.consumers.append(layer)
+
+        seen: set[str] = set()
+        for j, blob in enumerate(lp.top):
+            self.check_top(layer, j, blob, seen)
+            seen.add(blob)
+            layer.outputs.append(self.new_value(blob, layer))
+        if spec is not None and spec.is_input:
+            self.graph.inputs.extend(layer.outputs)
+
+        if ok and all(v.shape is not None for v in layer.inputs):
+            self.infer(layer)
+
+    def infer(self, layer: Layer) -> None:
+        spec = layer.spec
+        assert spec is not None
+        ctx = shape_context(self.graph, layer, self.overrides)
+        try:
+            tops = [tuple(int(d) for d in s) for s in spec.shapes(ctx)]
+            if len(tops) != len(layer.outputs):
+                raise AssertionError(
+                    f"{layer.type}.shapes() gave {len(tops)} shapes for {len(layer.outputs)} tops"
+                )
+            bad = next((t for t in tops if any(d <= 0 for d in t)), None)
+            if bad is not None:
+                ctx.fail(
+                    f"top shape {shape_str(bad)} has a non-positive size",
+                    hint="the input is too small for this net; give a larger one with --input",
+                )
+            layer.blob_specs = list(spec.blobs(ctx))
+            layer.macs = int(spec.macs(ctx, tops))
+        except CompileError as err:
+            self.diags.extend(err.diagnostics)
+        except NotImplementedError:
+            self.diags.error(
+                f"{layer.type} '{layer.name}': shape inference for {layer.type} is not implemented",
+                layer.span,
+            )
+        else:
+            for value, shape in zip(layer.outputs, tops):
+                value.shape = shape
+        self.diags.extend(ctx.warnings)
+
+    # --- checks --------------------------------------------------------------------------
+
+    def unknown_type(self, layer: Layer) -> None:
+        span = self.span(*layer.path, "type")
+        hint = suggestion_hint(layer.type, REGISTRY)
+        diag = self.diags.error(f"unknown layer type '{layer.type}' (layer '{layer.name}')", span, hint)
+        fork = FORK_TYPES.get(layer.type)
+        if fork:
+            diag.notes.append(
+                f"'{layer.type}' comes from {fork}; protocaffe implements BVLC Caffe's layer types"
+            )
+        if not self.listed_types:
+            self.listed_types = True
+            names = sorted(REGISTRY)
+            diag.notes.append(f"supported types ({len(names)}): " + ", ".join(names))
+
+    def check_arity(self, layer: Layer) -> bool:
+        spec = layer.spec
+        assert spec is not None
+        ok = True
+        for kind, arity, given in (
+            ("bottom", spec.bottoms, len(layer.proto.bottom)),
+            ("top", spec.tops, len(layer.proto.top)),
+        ):
+            lo, hi = arity
+            if given < lo or (hi is not None and given > hi):
+                ok = False
+                self.diags.error(
+                    f"{layer.type} '{layer.name}' takes {arity_text(arity, kind)}, "
+                    f"but {given} {'is' if given == 1 else 'are'} given",
+                    layer.span,
+                )
+        return ok
+
+    def missing_bottom(
+        self,
+        layer: Layer,
+        j: int,
+        blob: str,
+        order: int,
+        producers: dict[str, list[tuple[int, str]]],
+        excluded: dict[str, str],
+    ) -> None:
+        later = [name for k, name in producers.get(blob, ()) if k > order]
+        hint = None if later else suggestion_hint(blob, self.current)
+        diag = self.diags.error(
+            f"{layer.type} '{layer.name}': bottom '{blob}' is not produced by any earlier layer",
+            self.span(*layer.path, "bottom", j),
+            hint,
+        )
+        if later:
+            diag.notes.append(
+                f"'{blob}' is produced by layer '{later[0]}', which comes later in the file; "
+                "Caffe runs layers in the order they are written"
+            )
+        elif blob in excluded:
+            state = self.graph.state
+            diag.notes.append(
+                f"'{blob}' is produced by layer '{excluded[blob]}', which is not part of the net in "
+                f"phase {state.phase_name}" + (f" with stages {sorted(state.stages)}" if state.stages else "")
+            )
+
+    def check_top(self, layer: Layer, j: int, blob: str, seen: set[str]) -> None:
+        lp = layer.proto
+        span = self.span(*layer.path, "top", j)
+        in_place = j < len(lp.bottom) and lp.bottom[j] == blob
+        if blob in seen:
+            self.diags.error(f"{layer.type} '{layer.name}' names top '{blob}' twice", span)
+        elif in_place:
+            if layer.spec is not None and not layer.spec.in_place:
+                self.diags.warning(
+                    f"{layer.type} '{layer.name}' computes '{blob}' in place, "
+                    f"which Caffe's {layer.type} does not support",
+                    span,
+                    hint="give the top a name of its own",
+                )
+        elif blob in self.current:
+            prior = self.current[blob].producer
+            where = f"layer '{prior.name}'{self.where(prior)}" if prior else "a net input"
+            hint = (
+                f"a top is in place only when it is the bottom at the same position (bottom {j})"
+                if blob in lp.bottom
+                else "give the top a name of its own"
+            )
+            self.diags.error(
+                f"{layer.type} '{layer.name}': top '{blob}' is already produced by {where}",
+                span,
+                hint,
+            )
+
+    def check_overrides(self) -> None:
+        names = [v.blob for v in self.graph.inputs]
+        for name in self.overrides:
+            if name not in names:
+                listed = ", ".join(names) if names else "none"
+                hint = suggestion_hint(name, names)
+                self.diags.error(
+                    f"--input names '{name}', which is not an input blob of this net "
+                    f"(inputs: {listed})",
+                    None,
+                    hint,
+                )
+
+    def check_names(self) -> None:
+        by_name: dict[str, list[Layer]] = {}
+        for layer in self.graph.layers:
+            by_name.setdefault(layer.name, []).append(layer)
+        for name, layers in by_name.items():
+            if len(layers) < 2:
+                continue
+            lines = ", ".join(f"line {lay.span.line}" for lay in layers if lay.span)
+            owns_blobs = any(lay.blob_specs for lay in layers)
+            message = f"layer name '{name}' is used by {len(layers)} layers" + (
+                f" ({lines})" if lines else ""
+            )
+            if owns_blobs:
+                self.diags.error(
+                    message,
+                    layers[1].span,
+                    "weights are matched to layers by name; give each layer a unique name",
+                )
+            else:
+                self.diags.warning(
+                    message, layers[1].span, "layer names should be unique (weights match by name)"
+                )

@@ -1,0 +1,93 @@
+"""CaffeModule: the torch.fx.GraphModule a Caffe net lowers to.
+
+`forward(blobs)` takes a dict of input blobs by Caffe name and returns a dict of output blobs
+by Caffe name. Calling the module also accepts a single tensor (for a one-input net) or
+keyword arguments: `model(x)`, `model(data=x)`, `model({"data": x})`.
+
+Each layer with stored blobs is a child module named after the layer (sanitised to an
+identifier; `caffe_names` maps the Caffe name to the attribute), holding its blobs under their
+BlobSpec names (`conv1.weight`, `conv1.bias`, ...).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import fx
+
+if TYPE_CHECKING:
+    from protocaffe.ir.graph import Graph, Layer
+
+
+class LayerBlobs(torch.nn.Module):
+    """The stored blobs of one Caffe layer (parameters, or buffers for statistics)."""
+
+    def __init__(self, caffe_name: str, caffe_type: str) -> None:
+        super().__init__()
+        self.caffe_name = caffe_name
+        self.caffe_type = caffe_type
+
+    def extra_repr(self) -> str:
+        return f"{self.caffe_type} {self.caffe_name!r}"
+
+
+class CaffeModule(fx.GraphModule):
+    """A lowered Caffe net. See the module docstring for calling conventions."""
+
+    caffe_graph: Graph
+    caffe_names: dict[str, str]  # Caffe layer name -> child module attribute
+    input_names: list[str]  # Caffe blob names of the inputs, in net order
+    output_names: list[str]  # keys of the returned dict
+
+    def __call__(self, blobs: Any = None, /, **named: Any) -> dict[str, Any]:
+        return super().__call__(self._gather_inputs(blobs, named))
+
+    def _gather_inputs(self, blobs: Any, named: dict[str, Any]) -> dict[str, Any]:
+        if blobs is None:
+            given: dict[str, Any] = dict(named)
+        elif isinstance(blobs, Mapping):
+            given = {**blobs, **named}
+        elif len(self.input_names) == 1 and not named:
+            given = {self.input_names[0]: blobs}
+        else:
+            raise TypeError(
+                f"this net has inputs {self.input_names}: pass a dict of tensors by blob name"
+            )
+        missing = [n for n in self.input_names if n not in given]
+        extra = [n for n in given if n not in self.input_names]
+        if missing or extra:
+            parts = []
+            if missing:
+                parts.append(f"missing input blob(s) {missing}")
+            if extra:
+                parts.append(f"unknown input blob(s) {extra}")
+            raise TypeError(f"{'; '.join(parts)} (the net's inputs are {self.input_names})")
+        return {n: self._as_tensor(given[n]) for n in self.input_names}
+
+    def _as_tensor(self, x: Any) -> Any:
+        if isinstance(x, torch.Tensor):
+            return x
+        ref = next(iter(self.parameters()), None)
+        x = torch.as_tensor(x, device=ref.device if ref is not None else None)
+        if ref is not None and x.is_floating_point():
+            x = x.to(ref.dtype)
+        return x
+
+    def layer_module(self, caffe_name: str) -> LayerBlobs:
+        """The child module holding Caffe layer `caffe_name`'s blobs."""
+        return self.get_submodule(self.caffe_names[caffe_name])
+
+    def with_outputs(self, outputs: Iterable[str]) -> CaffeModule:
+        """The same net (sharing this module's parameters) returning the named blobs too.
+
+        `outputs` are Caffe blob names (the last definition is meant) or IR value ids
+        (`conv1@relu1` for a blob before an in-place layer redefined it).
+        """
+        from protocaffe.lower.builder import assemble
+
+        return assemble(self.caffe_graph, self, self._layer_attrs, self._sharing, list(outputs))
+
+    _layer_attrs: dict[Layer, str]
+    _sharing: dict[tuple[Layer, str], tuple[str, tuple[int, ...]]]

@@ -1,0 +1,132 @@
+"""Input preparation for `protocaffe run`: images / .npy files -> Caffe input blobs.
+
+Caffe's own convention (and the FCN reference's infer.py): pixel values stay in 0..255, the
+channel order is BGR, a per-channel mean is subtracted, then an optional `scale` multiplies.
+The net's `transform_param` supplies defaults; command-line flags override them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from protocaffe.diagnostics import CompileError, Diagnostic
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp"}
+
+
+def input_error(message: str, hint: str | None = None) -> CompileError:
+    return CompileError([Diagnostic("error", message, None, hint)])
+
+
+@dataclass
+class Preprocess:
+    mean: tuple[float, ...] | None = None  # per channel, in the net's channel order
+    scale: float = 1.0
+    bgr: bool = True  # Caffe nets trained from OpenCV/PIL->BGR pipelines expect BGR
+    resize: tuple[int, int] | None = None  # (height, width)
+
+    @classmethod
+    def from_transform(cls, transform, **overrides) -> Preprocess:
+        """Defaults from a TransformationParameter (mean_value, scale); flags win."""
+        prep = cls()
+        if transform is not None:
+            if len(transform.mean_value):
+                prep.mean = tuple(float(v) for v in transform.mean_value)
+            if transform.HasField("scale"):
+                prep.scale = float(transform.scale)
+        for key, value in overrides.items():
+            if value is not None:
+                setattr(prep, key, value)
+        return prep
+
+    def image_to_blob(self, rgb: np.ndarray) -> np.ndarray:
+        """HxWx3 (or HxW) uint8/float RGB image -> 1xCxHxW float32 blob."""
+        img = rgb.astype(np.float32)
+        if img.ndim == 2:
+            img = img[:, :, None]
+        if self.bgr and img.shape[2] == 3:
+            img = img[:, :, ::-1]
+        if self.mean is not None:
+            mean = np.asarray(self.mean, dtype=np.float32)
+            if mean.size not in (1, img.shape[2]):
+                raise input_error(
+                    f"--mean has {mean.size} values but the image has {img.shape[2]} channels"
+                )
+            img = img - mean
+        if self.scale != 1.0:
+            img = img * np.float32(self.scale)
+        return np.ascontiguousarray(img.transpose(2, 0, 1)[None])
+
+
+def load_image(path: Path, resize: tuple[int, int] | None = None) -> np.ndarray:
+    """An image file as an HxWx3 RGB uint8 array (grey images are expanded)."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as im:
+            im = im.convert("RGB")
+            if resize is not None:
+                im = im.resize((resize[1], resize[0]), Image.BILINEAR)
+            return np.asarray(im)
+    except (UnidentifiedImageError, OSError) as err:
+        raise input_error(f"{path}: cannot read image: {err}") from None
+
+
+def load_npy(path: Path) -> np.ndarray:
+    """A .npy array as an NxCxHxW (or any-rank) float32 blob; CxHxW gains a batch axis."""
+    try:
+        arr = np.load(path, allow_pickle=False)
+    except (ValueError, OSError) as err:
+        raise input_error(f"{path}: cannot read .npy array: {err}") from None
+    if arr.ndim == 3:
+        arr = arr[None]
+    return arr.astype(np.float32, copy=False)
+
+
+def expand_inputs(paths: Sequence[str]) -> list[Path]:
+    """Files named on the command line; directories contribute their images/.npy, sorted."""
+    found: list[Path] = []
+    for raw in paths:
+        path = Path(raw)
+        if path.is_dir():
+            found.extend(
+                p
+                for p in sorted(path.iterdir())
+                if p.suffix.lower() in IMAGE_SUFFIXES or p.suffix.lower() == ".npy"
+            )
+        elif path.exists():
+            found.append(path)
+        else:
+            raise input_error(f"{raw}: no such file or directory")
+    if not found:
+        raise input_error("no input images or .npy files found", hint="pass --input IMG|DIR|NPY")
+    return found
+
+
+@dataclass
+class Sample:
+    path: Path
+    blob: np.ndarray  # NxCxHxW float32
+    image: np.ndarray | None  # the RGB image (for overlays), None for .npy input
+
+
+def iter_samples(paths: Sequence[Path], prep: Preprocess) -> Iterator[Sample]:
+    for path in paths:
+        if path.suffix.lower() == ".npy":
+            yield Sample(path, load_npy(path), None)
+        else:
+            rgb = load_image(path, prep.resize)
+            yield Sample(path, prep.image_to_blob(rgb), rgb)
+
+
+def parse_floats(text: str | None, what: str) -> tuple[float, ...] | None:
+    if text is None:
+        return None
+    try:
+        return tuple(float(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise input_error(f"{what}: expected comma-separated numbers, got {text!r}") from None
