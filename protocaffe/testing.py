@@ -3,16 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
-
-from protocaffe.frontend.sourcemap import SourceMap
+from protocaffe.frontend import parse_text
 from protocaffe.ir.build import build_graph
 from protocaffe.ir.graph import Graph
 
 
-def compile_snippet(
-    text: str, inputs: Mapping[str, tuple[int, ...]], phase: str = "TEST"
-) -> Graph:
+def compile_snippet(text: str, inputs: Mapping[str, tuple[int, ...]], phase: str = "TEST") -> Graph:
     """Compile `text` (one or more `layer { ... }` blocks) after one Input layer per blob.
 
     Spans in diagnostics point into `text` itself (file name `<snippet>`, its own line numbers):
@@ -20,7 +16,7 @@ def compile_snippet(
     """
     from protocaffe.proto import caffe_pb2
 
-    parsed = _parse(text)
+    parsed = parse_text(text, "<snippet>")
     net = caffe_pb2.NetParameter()
     for name, shape in inputs.items():
         layer = net.layer.add(name=name, type="Input", top=[name])
@@ -31,20 +27,3 @@ def compile_snippet(
     parsed.message = net
     parsed.source_map = parsed.source_map.remap(mapping)
     return build_graph(parsed, phase=phase)
-
-
-def _parse(text: str) -> Any:
-    try:
-        from protocaffe.frontend import parse_text
-    except ImportError:  # the parser is being written in parallel; fall back to protobuf's
-        from types import SimpleNamespace
-
-        from google.protobuf import text_format
-
-        from protocaffe.diagnostics import SourceFile
-        from protocaffe.proto import caffe_pb2
-
-        message = text_format.Parse(text, caffe_pb2.NetParameter())
-        source = SourceFile("<snippet>", text)
-        return SimpleNamespace(message=message, source_map=SourceMap(source), source=source)
-    return parse_text(text, "<snippet>")

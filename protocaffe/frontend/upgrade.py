@@ -188,8 +188,12 @@ _V1_PARAM_SPEC = {
 }
 
 
-class _Stage:
-    """One upgrade run: the message being rewritten, its source map, and what was reported."""
+def _count(items: Any, noun: str) -> str:
+    return f"{len(items)} {noun}{'' if len(items) == 1 else 's'}"
+
+
+class _Run:
+    """One upgrade run: the source map as renamed so far, and what was reported."""
 
     def __init__(self, source_map: SourceMap, diags: Diagnostics):
         self.source_map = source_map
@@ -215,42 +219,36 @@ class _Stage:
 
 
 def _copy_field(src: Any, name: str, dst: Any, dst_name: str) -> int | None:
-    """Copy field `name` of `src` into `dst_name` of `dst`, converting enums by value name.
+    """Copy field `name` of `src` into `dst_name` of `dst`.
 
     A scalar copied into a repeated field is appended; the index it got is returned.
     """
     src_fd = src.DESCRIPTOR.fields_by_name[name]
     dst_fd = dst.DESCRIPTOR.fields_by_name[dst_name]
     value = getattr(src, name)
-    values = list(value) if _repeated(src_fd) else [value]
-    if dst_fd.enum_type is not None and src_fd.enum_type is not dst_fd.enum_type:
-        values = [
-            dst_fd.enum_type.values_by_name[src_fd.enum_type.values_by_number[v].name].number
-            for v in values
-        ]
+    values = [_convert(src_fd, dst_fd, v) for v in (value if src_fd.is_repeated else [value])]
+    target = getattr(dst, dst_name)
+    if dst_fd.is_repeated:
+        target.extend(values)
+        return None if src_fd.is_repeated else len(target) - 1
     if dst_fd.message_type is not None:
-        if _repeated(dst_fd):
-            getattr(dst, dst_name).extend(values)
-        else:
-            getattr(dst, dst_name).CopyFrom(values[0])
-    elif _repeated(dst_fd):
-        getattr(dst, dst_name).extend(values)
-        return len(getattr(dst, dst_name)) - 1 if not _repeated(src_fd) else None
+        target.CopyFrom(values[0])
     else:
         setattr(dst, dst_name, values[0])
     return None
 
 
-def _repeated(fd: FieldDescriptor) -> bool:
-    return fd.is_repeated
+def _convert(src_fd: FieldDescriptor, dst_fd: FieldDescriptor, value: Any) -> Any:
+    """Carry an enum value over by name (a V0/V1 enum to its V2 twin); other values as they are."""
+    if dst_fd.enum_type is None or dst_fd.enum_type.full_name == src_fd.enum_type.full_name:
+        return value
+    return dst_fd.enum_type.values_by_name[src_fd.enum_type.values_by_number[value].name].number
 
 
 def _same_kind(a: FieldDescriptor, b: FieldDescriptor) -> bool:
-    if a.type != b.type or _repeated(a) != _repeated(b):
+    if a.type != b.type or a.is_repeated != b.is_repeated:
         return False
-    if a.message_type is not None:
-        return a.message_type.full_name == b.message_type.full_name
-    return True
+    return a.message_type is None or a.message_type.full_name == b.message_type.full_name
 
 
 # --- V0 -> V1 ------------------------------------------------------------------------------
@@ -260,7 +258,7 @@ def _needs_v0(net: Any) -> bool:
     return any(conn.HasField("layer") for conn in net.layers)
 
 
-def _fold_padding(net: Any, st: _Stage) -> tuple[list[tuple[int, Any]], dict[int, int]]:
+def _fold_padding(net: Any, st: _Run) -> tuple[list[tuple[int, Any]], dict[int, int]]:
     """Drop V0 "padding" layers, moving their pad into the conv/pool layer they feed.
 
     Returns the kept layers as (original index, copy) pairs, and for each layer that received a
@@ -318,7 +316,7 @@ def _fold_padding(net: Any, st: _Stage) -> tuple[list[tuple[int, Any]], dict[int
     return kept, pad_from
 
 
-def _v0_layer(conn: Any, path: FieldPath, new_path: FieldPath, st: _Stage, mapping: Mapping) -> Any:
+def _v0_layer(conn: Any, path: FieldPath, new_path: FieldPath, st: _Run, mapping: Mapping) -> Any:
     """One V0 `layers { layer {...} bottom top }` entry as a V1 layer (Caffe's field mapping)."""
     out = caffe_pb2.V1LayerParameter()
     out.bottom.extend(conn.bottom)
@@ -357,7 +355,7 @@ def _v0_layer(conn: Any, path: FieldPath, new_path: FieldPath, st: _Stage, mappi
     return out
 
 
-def _upgrade_v0(net: Any, st: _Stage) -> Any:
+def _upgrade_v0(net: Any, st: _Run) -> Any:
     kept, pad_from = _fold_padding(net, st)
     out = caffe_pb2.NetParameter()
     out.CopyFrom(net)
@@ -379,7 +377,7 @@ def _upgrade_v0(net: Any, st: _Stage) -> Any:
             dest = mapping.pop(("layers", i, "layer", "pad"))
             mapping[("layers", pad_from[i], "layer", "pad")] = dest
     st.note(
-        f"upgraded V0 'layers {{ layer {{ ... }} }}' format to V1 ({len(kept)} layers)",
+        f"upgraded V0 'layers {{ layer {{ ... }} }}' format to V1 ({_count(kept, 'layer')})",
         ("layers", 0),
     )
     st.remap(mapping)
@@ -389,7 +387,7 @@ def _upgrade_v0(net: Any, st: _Stage) -> Any:
 # --- data transformation fields ------------------------------------------------------------
 
 
-def _upgrade_data_transform(net: Any, st: _Stage) -> Any:
+def _upgrade_data_transform(net: Any, st: _Run) -> Any:
     mapping: Mapping = {}
     moved: list[FieldPath] = []
     for i, layer in enumerate(net.layers):
@@ -408,7 +406,7 @@ def _upgrade_data_transform(net: Any, st: _Stage) -> Any:
     if moved:
         st.note(
             f"moved deprecated data-transformation fields into 'transform_param' "
-            f"({len({p[1] for p in moved})} layers)",
+            f"({_count({p[1] for p in moved}, 'layer')})",
             moved[0],
         )
         st.remap(mapping)
@@ -418,7 +416,7 @@ def _upgrade_data_transform(net: Any, st: _Stage) -> Any:
 # --- V1 -> V2 ------------------------------------------------------------------------------
 
 
-def _v1_layer(v1: Any, i: int, st: _Stage, mapping: Mapping) -> Any:
+def _v1_layer(v1: Any, i: int, st: _Run, mapping: Mapping) -> Any:
     out = caffe_pb2.LayerParameter()
     v2_fields = out.DESCRIPTOR.fields_by_name
     for fd, value in v1.ListFields():
@@ -435,7 +433,8 @@ def _v1_layer(v1: Any, i: int, st: _Stage, mapping: Mapping) -> Any:
             for k in range(len(value)):
                 while len(out.param) <= k:
                     out.param.add()
-                _copy_item(v1, fd.name, k, out.param[k], spec_field)
+                spec_fd = out.param[k].DESCRIPTOR.fields_by_name[spec_field]
+                setattr(out.param[k], spec_field, _convert(fd, spec_fd, value[k]))
                 mapping[(*where, k)] = ("layer", i, "param", k, spec_field)
         elif fd.name == "layer":
             st.error("a V1 layer cannot also hold a nested V0 'layer'", where)
@@ -446,19 +445,7 @@ def _v1_layer(v1: Any, i: int, st: _Stage, mapping: Mapping) -> Any:
     return out
 
 
-def _copy_item(src: Any, name: str, index: int, dst: Any, dst_name: str) -> None:
-    """dst.<dst_name> = src.<name>[index], converting enums by value name."""
-    src_fd = src.DESCRIPTOR.fields_by_name[name]
-    value = getattr(src, name)[index]
-    dst_fd = dst.DESCRIPTOR.fields_by_name[dst_name]
-    if dst_fd.enum_type is not None:
-        value = dst_fd.enum_type.values_by_name[
-            src_fd.enum_type.values_by_number[value].name
-        ].number
-    setattr(dst, dst_name, value)
-
-
-def _upgrade_v1(net: Any, st: _Stage) -> Any:
+def _upgrade_v1(net: Any, st: _Run) -> Any:
     out = caffe_pb2.NetParameter()
     out.CopyFrom(net)
     out.ClearField("layers")
@@ -466,7 +453,9 @@ def _upgrade_v1(net: Any, st: _Stage) -> Any:
     for i, v1 in enumerate(net.layers):
         mapping[("layers", i)] = ("layer", i)
         out.layer.append(_v1_layer(v1, i, st, mapping))
-    st.note(f"upgraded V1 'layers' format to V2 'layer' ({len(net.layers)} layers)", ("layers", 0))
+    st.note(
+        f"upgraded V1 'layers' format to V2 'layer' ({_count(net.layers, 'layer')})", ("layers", 0)
+    )
     st.remap(mapping)
     return out
 
@@ -474,7 +463,7 @@ def _upgrade_v1(net: Any, st: _Stage) -> Any:
 # --- net-level inputs -> Input layer -------------------------------------------------------
 
 
-def _upgrade_input(net: Any, st: _Stage) -> Any:
+def _upgrade_input(net: Any, st: _Run) -> Any:
     n_in, n_dim, n_shape = len(net.input), len(net.input_dim), len(net.input_shape)
     if n_shape and n_dim:
         st.warning(
@@ -521,9 +510,10 @@ def _upgrade_input(net: Any, st: _Stage) -> Any:
             ("input", 0),
         )
     else:
+        names = ", ".join(f"'{name}'" for name in net.input)
         st.warning(
-            f"net-level input{'s' if n_in > 1 else ''} {', '.join(net.input)} "
-            "have no 'input_dim' or 'input_shape'; dropped (as Caffe does)",
+            f"net-level {_count(net.input, 'input')} ({names}) without 'input_dim' or "
+            "'input_shape' dropped (as Caffe does)",
             ("input", 0),
         )
     for name in ("input", "input_dim", "input_shape"):
@@ -545,7 +535,7 @@ def _cover(source_map: SourceMap, fields: tuple[str, ...]) -> Span | None:
 # --- BatchNorm -----------------------------------------------------------------------------
 
 
-def _upgrade_batch_norm(net: Any, st: _Stage) -> Any:
+def _upgrade_batch_norm(net: Any, st: _Run) -> Any:
     """BatchNorm computes its three blobs itself, so Caffe zeroes their lr and decay mults."""
     changed: list[int] = []
     for j, layer in enumerate(net.layer):
@@ -561,8 +551,9 @@ def _upgrade_batch_norm(net: Any, st: _Stage) -> Any:
         names = ", ".join(f"'{net.layer[j].name}'" for j in changed[:3])
         more = f" and {len(changed) - 3} more" if len(changed) > 3 else ""
         st.note(
-            f"set lr_mult and decay_mult to 0 on the param entries of BatchNorm layer "
-            f"{names}{more} (as Caffe does: it computes these blobs itself)",
+            "set lr_mult and decay_mult to 0 on the param entries of BatchNorm "
+            f"{'layer' if len(changed) == 1 else 'layers'} {names}{more} "
+            "(as Caffe does: the layer computes these blobs itself)",
             ("layer", changed[0], "param"),
         )
     return net
@@ -578,7 +569,7 @@ def upgrade_net(parsed: ParsedFile) -> tuple[ParsedFile, list[Diagnostic]]:
     warnings describing what changed. Raises CompileError when the net cannot be upgraded.
     """
     diags = Diagnostics()
-    st = _Stage(parsed.source_map, diags)
+    st = _Run(parsed.source_map, diags)
     net = caffe_pb2.NetParameter()
     net.CopyFrom(parsed.message)
     if net.layer and net.layers:
@@ -589,7 +580,7 @@ def upgrade_net(parsed: ParsedFile) -> tuple[ParsedFile, list[Diagnostic]]:
             "write every layer in one format (`protocaffe upgrade` converts a V1 file)",
         )
         diags.check()
-    stages: list[tuple[Callable[[Any], bool], Callable[[Any, _Stage], Any]]] = [
+    stages: list[tuple[Callable[[Any], bool], Callable[[Any, _Run], Any]]] = [
         (_needs_v0, _upgrade_v0),
         (lambda n: bool(n.layers), _upgrade_data_transform),
         (lambda n: bool(n.layers), _upgrade_v1),
@@ -602,7 +593,7 @@ def upgrade_net(parsed: ParsedFile) -> tuple[ParsedFile, list[Diagnostic]]:
             diags.check()
     if net == parsed.message:
         return parsed, diags.items
-    return _replace(parsed, net, st.source_map), diags.items
+    return dataclasses.replace(parsed, message=net, source_map=st.source_map), diags.items
 
 
 def upgrade_solver(parsed: ParsedFile) -> tuple[ParsedFile, list[Diagnostic]]:
@@ -611,7 +602,7 @@ def upgrade_solver(parsed: ParsedFile) -> tuple[ParsedFile, list[Diagnostic]]:
     if not solver.HasField("solver_type"):
         return parsed, []
     diags = Diagnostics()
-    st = _Stage(parsed.source_map, diags)
+    st = _Run(parsed.source_map, diags)
     if solver.HasField("type"):
         st.error(
             "'solver_type' (deprecated) and 'type' cannot both be set",
@@ -628,8 +619,4 @@ def upgrade_solver(parsed: ParsedFile) -> tuple[ParsedFile, list[Diagnostic]]:
         f"upgraded deprecated 'solver_type: {old.name}' to 'type: \"{out.type}\"'", ("solver_type",)
     )
     st.remap({("solver_type",): ("type",)})
-    return _replace(parsed, out, st.source_map), diags.items
-
-
-def _replace(parsed: ParsedFile, message: Any, source_map: SourceMap) -> ParsedFile:
-    return dataclasses.replace(parsed, message=message, source_map=source_map)
+    return dataclasses.replace(parsed, message=out, source_map=st.source_map), diags.items

@@ -184,12 +184,15 @@ def pool_window(param: Any, hw: Sequence[int], fail: Fail = _unchecked) -> Windo
         fail("global_pooling allows only pad 0 and stride 1", *bad)
     if any(pad):
         if param.pool not in (MAX, AVE):
-            fail(f"padding is implemented only for MAX and AVE pooling, not {POOL_NAMES.get(param.pool, param.pool)}", *pf[0])
+            fail(
+                "padding is implemented only for MAX and AVE pooling, "
+                f"not {POOL_NAMES.get(param.pool, param.pool)}",
+                *pf[0],
+            )
         for i in range(2):
             if pad[i] >= kernel[i]:
                 fail(
-                    f"pad {pad[i]} must be smaller than the kernel {kernel[i]} "
-                    f"({axis_name(i, 2)})",
+                    f"pad {pad[i]} must be smaller than the kernel {kernel[i]} ({axis_name(i, 2)})",
                     *pf[i],
                 )
     fields = {"kernel": kf, "stride": sf, "pad": pf, "dilation": ((), ())}
@@ -315,7 +318,10 @@ def caffe_pool2d(
     input plane as float, or -1 for an empty window.
     """
     size = x.shape[-2:]
-    extra = [max(0, (o - 1) * s + k - n - p) for o, s, k, n, p in zip(out, stride, kernel, size, pad, strict=True)]
+    extra = [
+        max(0, (o - 1) * s + k - n - p)
+        for o, s, k, n, p in zip(out, stride, kernel, size, pad, strict=True)
+    ]
     border = (pad[1], extra[1], pad[0], extra[0])
     if method == MAX:
         xp = F.pad(x, border, value=-FLT_MAX)
@@ -324,7 +330,10 @@ def caffe_pool2d(
         if not return_mask:
             return y
         width = xp.shape[-1]
-        hh, ww = idx[..., : out[0], : out[1]] // width - pad[0], idx[..., : out[0], : out[1]] % width - pad[1]
+        hh, ww = (
+            idx[..., : out[0], : out[1]] // width - pad[0],
+            idx[..., : out[0], : out[1]] % width - pad[1],
+        )
         inside = (hh >= 0) & (hh < size[0]) & (ww >= 0) & (ww < size[1])
         mask = torch.where(inside, hh * size[1] + ww, torch.full_like(hh, -1))
         return y, mask.to(x.dtype)
@@ -352,7 +361,9 @@ def _stochastic_sample(xp: Any, kernel: Any, stride: Any, out: Any, size: Any) -
     n, c = xp.shape[:2]
     cols = F.unfold(xp, kernel, stride=stride).view(n, c, kernel[0] * kernel[1], -1)
     ones = torch.ones((1, 1, *size), dtype=xp.dtype, device=xp.device)
-    inside = F.unfold(F.pad(ones, (0, xp.shape[-1] - size[1], 0, xp.shape[-2] - size[0])), kernel, stride=stride)
+    inside = F.unfold(
+        F.pad(ones, (0, xp.shape[-1] - size[1], 0, xp.shape[-2] - size[0])), kernel, stride=stride
+    )
     inside = inside.view(1, 1, kernel[0] * kernel[1], -1) > 0
     running = cols.cumsum(2)
     threshold = torch.rand_like(running[:, :, :1]) * running[:, :, -1:]

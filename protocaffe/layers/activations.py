@@ -37,7 +37,9 @@ if TYPE_CHECKING:
     from torch import fx
 
 
-def checked_axis(ctx: ShapeContext, axis: int, ndim: int, field: str = "axis", bottom: int = 0) -> int:
+def checked_axis(
+    ctx: ShapeContext, axis: int, ndim: int, field: str = "axis", bottom: int = 0
+) -> int:
     """Caffe's CanonicalAxisIndex: negative counts from the end; out of range is an error."""
     if not -ndim <= axis < ndim:
         ctx.fail(
@@ -84,12 +86,6 @@ class Pointwise(LayerDef):
 
 def _maybe_inplace(ctx: LowerContext) -> bool:
     return ctx.can_modify_input(0)
-
-
-def identity(ctx: LowerContext, x: fx.Node) -> fx.Node:
-    """An identity top. Aliasing the bottom is safe only when nothing else reads it: a later
-    in-place layer on our top would otherwise clobber the other readers' value."""
-    return x if ctx.can_modify_input(0) else ctx.call(torch.clone, x)
 
 
 @register
@@ -204,7 +200,7 @@ class Power(Pointwise):
             y = ctx.call(torch.add, y, p.shift)
         if p.power != 1:
             y = ctx.call(torch.pow, y, p.power)
-        return y if y is not x else identity(ctx, x)
+        return y  # x itself when the parameters make it the identity
 
     def compute(self, ctx, x, blobs):
         p = ctx.param
@@ -347,7 +343,7 @@ class Dropout(Pointwise):
             return y if scale_train else ctx.call(torch.mul, y, 1 - p.dropout_ratio)
         if not scale_train:
             return ctx.call(torch.mul, x, 1 - p.dropout_ratio)
-        return identity(ctx, x)
+        return x  # the lowering builder tracks aliases before allowing in-place ops
 
     def compute(self, ctx, x, blobs):
         if ctx.phase == caffe_pb2.TRAIN:

@@ -80,7 +80,9 @@ class _BaseConvolution(LayerDef):
         if self.deconv:
             out = [
                 deconv_out(n, e, s, q)
-                for n, e, s, q in zip(spatial, window.extent, window.stride, window.pad, strict=True)
+                for n, e, s, q in zip(
+                    spatial, window.extent, window.stride, window.pad, strict=True
+                )
             ]
             for i, o in enumerate(out):
                 if o <= 0:
@@ -94,7 +96,9 @@ class _BaseConvolution(LayerDef):
             check_window_fits(ctx, window, spatial)
             out = [
                 conv_out(n, e, s, q)
-                for n, e, s, q in zip(spatial, window.extent, window.stride, window.pad, strict=True)
+                for n, e, s, q in zip(
+                    spatial, window.extent, window.stride, window.pad, strict=True
+                )
             ]
         top = (*bottom[:axis], p.num_output, *out)
         return [top] * len(ctx.bottoms)
@@ -135,10 +139,14 @@ class _BaseConvolution(LayerDef):
         window = conv_window(p, nsp)
         if not 1 <= nsp <= 3:
             lower_fail(ctx, f"{nsp} spatial axes: the PyTorch lowering handles 1 to 3")
-        fns = (F.conv_transpose1d, F.conv_transpose2d, F.conv_transpose3d) if self.deconv else (
-            F.conv1d,
-            F.conv2d,
-            F.conv3d,
+        fns = (
+            (F.conv_transpose1d, F.conv_transpose2d, F.conv_transpose3d)
+            if self.deconv
+            else (
+                F.conv1d,
+                F.conv2d,
+                F.conv3d,
+            )
         )
         weight = ctx.blob("weight")
         bias = ctx.blob("bias") if p.bias_term else None

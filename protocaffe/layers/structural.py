@@ -7,7 +7,7 @@ Shape rules follow each layer's Reshape() in BVLC Caffe; errors name the blobs a
 from __future__ import annotations
 
 import operator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from protocaffe.layers.base import (
     IDENTITY,
@@ -24,7 +24,6 @@ from protocaffe.layers.base import (
 from protocaffe.lazy import F, torch
 
 if TYPE_CHECKING:
-    import numpy as np
     from torch import fx
 
 
@@ -32,8 +31,7 @@ def checked_axis(ctx: ShapeContext, axis: int, ndim: int, *field: str | int) -> 
     """Caffe's CanonicalAxisIndex: axis in [-ndim, ndim), negative counts from the end."""
     if not -ndim <= axis < ndim:
         ctx.fail(
-            f"axis {axis} is out of range for a {ndim}-axis blob "
-            f"(valid: {-ndim} to {ndim - 1})",
+            f"axis {axis} is out of range for a {ndim}-axis blob (valid: {-ndim} to {ndim - 1})",
             *field,
         )
     return axis + ndim if axis < 0 else axis
@@ -42,6 +40,11 @@ def checked_axis(ctx: ShapeContext, axis: int, ndim: int, *field: str | int) -> 
 def legacy_dim(shape: Shape, index: int) -> int:
     """Caffe's num()/channels()/height()/width(): axes past the end read as 1."""
     return shape[index] if index < len(shape) else 1
+
+
+def filler(param: object, field: str) -> object | None:
+    """A FillerParameter field if set; None means Caffe's default (constant 0)."""
+    return getattr(param, field) if param.HasField(field) else None  # type: ignore[attr-defined]
 
 
 def _deprecated_axis(ctx: ShapeContext, alias: str) -> int:
@@ -82,7 +85,7 @@ class Concat(LayerDef):
                     "bottom",
                     i,
                 )
-            for j, (a, b) in enumerate(zip(first, shape)):
+            for j, (a, b) in enumerate(zip(first, shape, strict=True)):
                 if j != axis and a != b:
                     ctx.fail(
                         f"bottom '{names[i]}' ({shape_str(shape)}) does not match "
@@ -232,7 +235,9 @@ class Reshape(LayerDef):
             ctx.fail("shape contains more than one -1; at most one dim can be inferred", "shape")
         for i, d in enumerate(dims):
             if d < -1:
-                ctx.fail(f"shape dim {d} is invalid (use 0 to copy, -1 to infer)", "shape", "dim", i)
+                ctx.fail(
+                    f"shape dim {d} is invalid (use 0 to copy, -1 to infer)", "shape", "dim", i
+                )
             if d == 0 and start + i >= ndim:
                 ctx.fail(
                     f"shape dim {i} is 0 (copy) but the bottom ({shape_str(bottom)}) has no "
@@ -358,9 +363,13 @@ class Embed(LayerDef):
     def blobs(self, ctx: ShapeContext) -> list[BlobSpec]:
         k, n = self._sizes(ctx)
         p = ctx.param
-        specs = [BlobSpec("weight", (k, n), p.weight_filler if p.HasField("weight_filler") else None)]
+        specs = [
+            BlobSpec("weight", (k, n), p.weight_filler if p.HasField("weight_filler") else None)
+        ]
         if p.bias_term:
-            specs.append(BlobSpec("bias", (n,), p.bias_filler if p.HasField("bias_filler") else None))
+            specs.append(
+                BlobSpec("bias", (n,), p.bias_filler if p.HasField("bias_filler") else None)
+            )
         return specs
 
     def lower(self, ctx: LowerContext) -> list[fx.Node]:
@@ -494,7 +503,3 @@ def as_outer_c_inner(shape: Shape, axis: int) -> tuple[int, int, int]:
 
 
 __all__ = ["as_outer_c_inner", "checked_axis", "legacy_dim"]
-
-
-def _unused(_: Any, __: np.ndarray) -> None:  # pragma: no cover - typing anchor only
-    return None

@@ -120,7 +120,7 @@ class _Context(LowerContext):
 
 class _Builder:
     def __init__(
-        self, graph: Graph, attrs: dict[Layer, str], sharing: dict, outputs: list[Value]
+        self, graph: Graph, attrs: dict[Layer, str], sharing: dict, outputs: dict[str, Value]
     ) -> None:
         self.graph = graph
         self.attrs = attrs
@@ -139,9 +139,7 @@ class _Builder:
             node = self._attr_nodes[path] = self.fx_graph.get_attr(path)
         if shared and shared[1] != _spec(layer, name).shape:
             # Caffe's permissive sharing: equal counts, different shapes, one storage.
-            node = self.fx_graph.call_function(
-                torch.reshape, (node, _spec(layer, name).shape)
-            )
+            node = self.fx_graph.call_function(torch.reshape, (node, _spec(layer, name).shape))
         return node
 
     def _root(self, node: Any) -> Any:
@@ -158,7 +156,7 @@ class _Builder:
         root = self._root(self.nodes[value.id])
         if root.op in ("placeholder", "get_attr"):
             return False
-        protected = {v.id for v in self.outputs}
+        protected = {v.id for v in self.outputs.values()}
         uses = 0
         for vid, node in self.nodes.items():
             if self._root(node) is not root:
@@ -193,10 +191,10 @@ class _Builder:
                     f"{layer.type}.lower returned {len(tops)} node(s) for "
                     f"{len(layer.outputs)} top(s) of layer '{layer.name}'"
                 )
-            for value, node in zip(layer.outputs, tops):
+            for value, node in zip(layer.outputs, tops, strict=True):
                 self._bind(value, node, layer)
         problems.check()
-        g.output({_output_key(v, self.outputs): self.nodes[v.id] for v in self.outputs})
+        g.output({key: self.nodes[v.id] for key, v in self.outputs.items()})
         g.lint()
         return g
 
@@ -216,12 +214,6 @@ def _spec(layer: Layer, name: str) -> BlobSpec:
     raise KeyError(f"layer '{layer.name}' has no blob named '{name}'")
 
 
-def _output_key(value: Value, outputs: list[Value]) -> str:
-    # Requested values may be earlier definitions of a blob; key those by their id.
-    same_blob = [v for v in outputs if v.blob == value.blob]
-    return value.blob if len(same_blob) == 1 else value.id
-
-
 def check_lowerable(graph: Graph) -> None:
     """Every layer without a PyTorch lowering, reported at once."""
     diags = Diagnostics()
@@ -236,20 +228,24 @@ def check_lowerable(graph: Graph) -> None:
     diags.check()
 
 
-def _resolve_outputs(graph: Graph, names: Sequence[str] | None) -> list[Value]:
-    outputs = list(graph.outputs)
+def _resolve_outputs(graph: Graph, names: Sequence[str] | None) -> dict[str, Value]:
+    """The net's outputs by blob name, plus requested blobs keyed by the name as given.
+
+    A plain blob name means its last definition (what Caffe calls the blob after in-place
+    layers); an IR value id (`conv1@relu1`) picks one definition.
+    """
+    outputs = {v.blob: v for v in graph.outputs}
     diags = Diagnostics()
     for name in names or ():
-        value = graph.values.get(name)
+        try:
+            value = graph.blob(name)
+        except KeyError:
+            value = graph.values.get(name)
         if value is None:
-            try:
-                value = graph.blob(name)
-            except KeyError:
-                blobs = sorted({v.blob for v in graph.values.values()})
-                diags.error(f"no blob named '{name}' in this net", None, suggestion_hint(name, blobs))
-                continue
-        if value not in outputs:
-            outputs.append(value)
+            blobs = sorted({v.blob for v in graph.values.values()})
+            diags.error(f"no blob named '{name}' in this net", None, suggestion_hint(name, blobs))
+        else:
+            outputs.setdefault(name, value)
     diags.check()
     return outputs
 
@@ -260,9 +256,15 @@ def _lr_mults(layer: Layer, index: int) -> float:
 
 
 def make_blobs(
-    graph: Graph, *, device: Any = None, dtype: Any = None, seed: int | None = None
+    graph: Graph,
+    *,
+    device: Any = None,
+    dtype: Any = None,
+    seed: int | None = None,
+    init: bool = True,
 ) -> tuple[torch.nn.Module, dict[Layer, str], dict]:
-    """A root module with one LayerBlobs child per layer that stores blobs, filled by fillers.
+    """A root module with one LayerBlobs child per layer that stores blobs, filled by fillers
+    (or left uninitialised with `init=False`, when weights will be loaded over them).
 
     Returns the root, the attribute of each layer, and the shared-parameter table for blobs
     that Caffe shares by `param { name }` with a different (same-count) shape.
@@ -294,12 +296,13 @@ def make_blobs(
                 if tensor is None:
                     continue
             else:
-                try:
-                    data = fillers.fill(spec.filler, spec.shape, generator=gen, dtype=dtype)
-                except fillers.FillerError as err:
-                    diags.error(f"{layer.type} '{layer.name}' blob '{spec.name}': {err}", layer.span)
-                    continue
-                data = data.to(device) if device is not None else data
+                if init:
+                    data = _filled(layer, spec, gen, dtype, diags)
+                    if data is None:
+                        continue
+                    data = data.to(device) if device is not None else data
+                else:
+                    data = torch.empty(spec.shape, dtype=dtype, device=device)
                 if spec.learnable:
                     tensor = torch.nn.Parameter(data, requires_grad=_lr_mults(layer, i) != 0)
                 else:
@@ -312,6 +315,31 @@ def make_blobs(
                 child.register_buffer(spec.name, tensor)
     diags.check()
     return root, attrs, sharing
+
+
+def _filled(layer: Layer, spec: BlobSpec, gen: Any, dtype: Any, diags: Diagnostics) -> Any:
+    try:
+        return fillers.fill(spec.filler, spec.shape, generator=gen, dtype=dtype)
+    except fillers.FillerError as err:
+        diags.error(f"{layer.type} '{layer.name}' blob '{spec.name}': {err}", layer.span)
+        return None
+
+
+def fill_blobs(module: CaffeModule, layer_names: Sequence[str], seed: int | None = None) -> None:
+    """(Re-)initialise the named layers' blobs with their fillers, in net order."""
+    gen = torch.Generator().manual_seed(seed) if seed is not None else None
+    wanted = set(layer_names)
+    diags = Diagnostics()
+    with torch.no_grad():
+        for layer in module._layer_attrs:
+            if layer.name not in wanted:
+                continue
+            for spec in layer.blob_specs:
+                target = module.blob_tensor(layer, spec.name)
+                data = _filled(layer, spec, gen, target.dtype, diags)
+                if data is not None:
+                    target.copy_(data)
+    diags.check()
 
 
 def _share(layer, spec, share, owner, sharing, diags) -> Any:
@@ -363,13 +391,14 @@ def lower_graph(
     dtype: Any = None,
     seed: int | None = None,
     outputs: Sequence[str] | None = None,
+    init: bool = True,
 ) -> CaffeModule:
     """Lower a compiled Graph to a CaffeModule with blobs initialised by their fillers.
 
     `outputs` names extra blobs to return besides the net's outputs (Caffe blob names or IR
     value ids); `module.with_outputs([...])` does the same later, sharing the parameters.
+    `init=False` leaves blobs uninitialised (for loading weights over them).
     """
     check_lowerable(graph)
-    root, attrs, sharing = make_blobs(graph, device=device, dtype=dtype, seed=seed)
+    root, attrs, sharing = make_blobs(graph, device=device, dtype=dtype, seed=seed, init=init)
     return assemble(graph, root, attrs, sharing, list(outputs or ()))
-

@@ -79,6 +79,18 @@ class CaffeModule(fx.GraphModule):
         """The child module holding Caffe layer `caffe_name`'s blobs."""
         return self.get_submodule(self.caffe_names[caffe_name])
 
+    def blob_tensor(self, layer: Layer, name: str) -> torch.Tensor:
+        """Layer `layer`'s stored blob `name` (a view of the owner's for reshaped sharing)."""
+        shared = self._sharing.get((layer, name))
+        if shared is not None:
+            spec = next(s for s in layer.blob_specs if s.name == name)
+            return self.get_parameter_or_buffer(shared[0]).view(spec.shape)
+        return self.get_parameter_or_buffer(f"{self._layer_attrs[layer]}.{name}")
+
+    def get_parameter_or_buffer(self, path: str) -> torch.Tensor:
+        owner, _, leaf = path.rpartition(".")
+        return getattr(self.get_submodule(owner), leaf)
+
     def with_outputs(self, outputs: Iterable[str]) -> CaffeModule:
         """The same net (sharing this module's parameters) returning the named blobs too.
 

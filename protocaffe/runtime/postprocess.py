@@ -61,6 +61,14 @@ def is_classifier(shape: tuple[int, ...]) -> bool:
     )
 
 
+def class_shares(labels: np.ndarray) -> list[tuple[int, float]]:
+    """Classes present in a label map with their share of pixels (%), largest first."""
+    counts = np.bincount(labels.reshape(-1).astype(np.int64))
+    present = np.flatnonzero(counts)
+    order = present[np.argsort(-counts[present], kind="stable")]
+    return [(int(c), 100.0 * counts[c] / labels.size) for c in order]
+
+
 def top_k(scores: np.ndarray, k: int) -> list[tuple[int, float]]:
     flat = scores.reshape(-1)
     order = np.argsort(-flat, kind="stable")[:k]

@@ -15,6 +15,7 @@ import numpy as np
 
 from protocaffe.diagnostics import CompileError, Diagnostic
 
+LUMA = (0.299, 0.587, 0.114)  # ITU-R 601-2, as PIL's RGB -> L conversion
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp"}
 
 
@@ -28,6 +29,7 @@ class Preprocess:
     scale: float = 1.0
     bgr: bool = True  # Caffe nets trained from OpenCV/PIL->BGR pipelines expect BGR
     resize: tuple[int, int] | None = None  # (height, width)
+    grey: bool = False  # one-channel nets: feed the luma (PIL's "L" weights) of the image
 
     @classmethod
     def from_transform(cls, transform, **overrides) -> Preprocess:
@@ -46,6 +48,8 @@ class Preprocess:
     def image_to_blob(self, rgb: np.ndarray) -> np.ndarray:
         """HxWx3 (or HxW) uint8/float RGB image -> 1xCxHxW float32 blob."""
         img = rgb.astype(np.float32)
+        if self.grey and img.ndim == 3:
+            img = img @ np.asarray(LUMA, dtype=np.float32)
         if img.ndim == 2:
             img = img[:, :, None]
         if self.bgr and img.shape[2] == 3:
@@ -121,6 +125,31 @@ def iter_samples(paths: Sequence[Path], prep: Preprocess) -> Iterator[Sample]:
         else:
             rgb = load_image(path, prep.resize)
             yield Sample(path, prep.image_to_blob(rgb), rgb)
+
+
+def probe_shape(path: Path, prep: Preprocess) -> tuple[int, ...] | None:
+    """The blob shape (bar the batch axis) `path` will give, from its header only; None when
+    the header cannot be read (loading it later reports why)."""
+    try:
+        if path.suffix.lower() == ".npy":
+            arr = np.load(path, mmap_mode="r", allow_pickle=False)
+            return tuple(arr.shape[1:] if arr.ndim != 3 else arr.shape)
+        from PIL import Image
+
+        with Image.open(path) as im:
+            width, height = im.size
+    except Exception:  # noqa: BLE001 - any unreadable file is reported when it is loaded
+        return None
+    h, w = prep.resize or (height, width)
+    return (1 if prep.grey else 3, h, w)
+
+
+def group_by_shape(paths: Sequence[Path], prep: Preprocess) -> list[Path]:
+    """`paths` reordered so that inputs of one blob shape are adjacent (first-seen order)."""
+    groups: dict[tuple[int, ...] | None, list[Path]] = {}
+    for path in paths:
+        groups.setdefault(probe_shape(path, prep), []).append(path)
+    return [p for group in groups.values() for p in group]
 
 
 def parse_floats(text: str | None, what: str) -> tuple[float, ...] | None:

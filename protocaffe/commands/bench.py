@@ -1,0 +1,139 @@
+"""`protocaffe bench NET`: forward-pass timing per layer and in total, like `caffe time`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+DESCRIPTION = """\
+Time NET's forward pass on random input (weights from the layers' fillers): W warm-up runs,
+then N timed runs, reporting the median and minimum. The whole-net time calls the module as
+`protocaffe run` does (compiled with --compile); the per-layer table replays the graph one layer
+at a time (eager, synchronised after each layer on CUDA), in network order with each layer's
+share of the per-layer total."""
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    from protocaffe.commands.run import add_runtime_args
+
+    p = subparsers.add_parser(
+        "bench", help="time the forward pass per layer and in total", description=DESCRIPTION
+    )
+    p.add_argument("net", metavar="NET", help="the .prototxt net definition")
+    p.add_argument(
+        "--input",
+        action="append",
+        default=[],
+        metavar="NAME=N,C,H,W",
+        help="input blob shape (repeatable), e.g. data=1,3,500,500; default: the net's own",
+    )
+    p.add_argument("--iterations", type=_positive, default=10, metavar="N", help="timed runs (10)")
+    p.add_argument("--warmup", type=_non_negative, default=2, metavar="W", help="untimed runs (2)")
+    p.add_argument("--no-layers", action="store_true", help="skip the per-layer table")
+    p.add_argument("--json", action="store_true", help="print the results as JSON")
+    add_runtime_args(p)
+    p.set_defaults(func=run)
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text}")
+    return value
+
+
+def _non_negative(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text}")
+    return value
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from protocaffe.commands.compile import parse_input_shapes
+    from protocaffe.commands.run import load_model
+    from protocaffe.runtime.timing import layer_times, time_calls
+
+    shapes = parse_input_shapes(args.input)
+    model = load_model(args, weights=None, input_shapes=shapes or None, quiet_fillers=True)
+    module, device, dtype = model.module, model.device, model.dtype
+    gen = torch.Generator().manual_seed(args.seed)
+    inputs = {}
+    for value in module.caffe_graph.inputs:
+        x = torch.randn(value.shape, generator=gen).to(device=device, dtype=dtype)
+        if args.channels_last and x.dim() == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        inputs[value.blob] = x
+
+    with torch.no_grad():
+        total = time_calls(lambda: model.module(inputs), args.iterations, args.warmup, device)
+        layers = (
+            []
+            if args.no_layers
+            else layer_times(module, inputs, args.iterations, args.warmup, device)
+        )
+
+    result = {
+        "net": args.net,
+        "device": str(device),
+        "dtype": str(dtype).removeprefix("torch."),
+        "channels_last": args.channels_last,
+        "compile": args.compile,
+        "inputs": {v.blob: list(v.shape) for v in module.caffe_graph.inputs},
+        "iterations": args.iterations,
+        "warmup": args.warmup,
+        "forward_ms": {"median": total.median * 1e3, "min": total.min * 1e3},
+        "layers": [
+            {
+                "name": t.name,
+                "type": t.type,
+                "top_shapes": [list(s) for s in t.top_shapes],
+                "median_ms": t.stats.median * 1e3,
+                "min_ms": t.stats.min * 1e3,
+            }
+            for t in layers
+        ],
+    }
+    print(json.dumps(result, indent=2) if args.json else render(result))
+    return 0
+
+
+def render(result: dict) -> str:
+    from protocaffe.layers.base import shape_str
+
+    lines = []
+    layers = result["layers"]
+    if layers:
+        layer_sum = sum(t["median_ms"] for t in layers) or 1.0
+        rows = [("layer", "type", "top shape", "median ms", "min ms", "%")]
+        for t in layers:
+            rows.append(
+                (
+                    t["name"],
+                    t["type"],
+                    ", ".join(shape_str(s) for s in t["top_shapes"]),
+                    f"{t['median_ms']:.3f}",
+                    f"{t['min_ms']:.3f}",
+                    f"{100 * t['median_ms'] / layer_sum:.1f}",
+                )
+            )
+        rows.append(("sum of layers", "", "", f"{layer_sum:.3f}", "", "100.0"))
+        widths = [max(len(r[i]) for r in rows) for i in range(6)]
+        for i, row in enumerate(rows):
+            left = "  ".join(c.ljust(w) for c, w in zip(row[:3], widths[:3], strict=True))
+            right = "  ".join(c.rjust(w) for c, w in zip(row[3:], widths[3:], strict=True))
+            lines.append(f"{left}  {right}")
+            if i == 0 or i == len(rows) - 2:
+                lines.append("-" * len(lines[-1]))
+        lines.append("")
+    inputs = ", ".join(f"{k} {shape_str(v)}" for k, v in result["inputs"].items())
+    mode = " channels_last" * result["channels_last"] + " compiled" * result["compile"]
+    fwd = result["forward_ms"]
+    lines.append(
+        f"forward: median {fwd['median']:.3f} ms, min {fwd['min']:.3f} ms over "
+        f"{result['iterations']} runs ({result['warmup']} warm-up) on {result['device']} "
+        f"{result['dtype']}{mode}; input {inputs}"
+    )
+    return "\n".join(lines)

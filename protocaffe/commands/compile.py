@@ -1,0 +1,133 @@
+"""`protocaffe compile NET`: check a net, infer every shape, and report what it costs."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from protocaffe.diagnostics import CompileError, Diagnostic, print_diagnostics
+
+DESCRIPTION = """\
+Parse NET (any Caffe prototxt format; legacy ones are upgraded), keep the layers of the chosen
+phase/stages/level, infer every blob's shape and print one row per layer: blobs, top shapes,
+learnable parameters, multiply-accumulates and float32 activation memory, then totals and the
+alignment of every Crop layer. Errors and warnings go to stderr; the exit code is 0 when there
+are no errors (warnings allowed) and 1 otherwise."""
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "compile",
+        help="check a net, infer shapes, report params/MACs/memory",
+        description=DESCRIPTION,
+    )
+    p.add_argument("net", metavar="NET", help="the .prototxt net definition")
+    p.add_argument(
+        "--input",
+        action="append",
+        default=[],
+        metavar="NAME=N,C,H,W",
+        help="override an input blob's shape (repeatable), e.g. data=1,3,500,500",
+    )
+    p.add_argument("--phase", type=str.upper, choices=("TRAIN", "TEST"), help="default: TEST")
+    p.add_argument("--stage", action="append", default=[], help="add a NetState stage (repeatable)")
+    p.add_argument("--level", type=int, help="NetState level (default: the net's, else 0)")
+    p.add_argument("--json", action="store_true", help="print the report as JSON (schema_version 1)")
+    p.add_argument("--explain", metavar="LAYER", help="show how LAYER's top shapes were derived")
+    p.add_argument(
+        "--emit-python", metavar="OUT.py", help="also write the net as a standalone PyTorch module"
+    )
+    p.set_defaults(func=run)
+
+
+def parse_input_shapes(specs: list[str]) -> dict[str, tuple[int, ...]]:
+    """`data=1,3,500,500` (or `1x3x500x500`) -> {"data": (1, 3, 500, 500)}."""
+    from protocaffe.cli import UsageError
+
+    shapes: dict[str, tuple[int, ...]] = {}
+    for spec in specs:
+        name, sep, dims = spec.partition("=")
+        try:
+            shape = tuple(int(d) for d in dims.replace("x", ",").split(","))
+        except ValueError:
+            shape = ()
+        if not sep or not name or not shape or any(d <= 0 for d in shape):
+            raise UsageError(f"--input expects NAME=N,C,H,W with positive sizes, not {spec!r}")
+        if name in shapes:
+            raise UsageError(f"--input gives blob '{name}' twice")
+        shapes[name] = shape
+    return shapes
+
+
+def run(args: argparse.Namespace) -> int:
+    from protocaffe.cli import UsageError
+    from protocaffe.frontend import load_net
+    from protocaffe.ir import build_graph
+    from protocaffe.ir.report import (
+        build_report,
+        explain_hint,
+        explain_layer,
+        failure_report,
+        find_layer,
+        render_table,
+    )
+
+    shapes = parse_input_shapes(args.input)
+    try:
+        try:
+            parsed = load_net(args.net)
+        except OSError as err:
+            raise CompileError(
+                [Diagnostic("error", f"cannot read '{args.net}': {err.strerror or err}")]
+            ) from None
+        graph = build_graph(
+            parsed, phase=args.phase, stages=args.stage, level=args.level, input_shapes=shapes
+        )
+    except CompileError as err:
+        if not args.json:
+            raise
+        print(json.dumps(failure_report(args.net, err.diagnostics), indent=2))
+        print_diagnostics(err.diagnostics)
+        return 1
+
+    explained: list[str] = []
+    if args.explain:
+        layer = find_layer(graph, args.explain)
+        if layer is None:
+            hint = explain_hint(graph, args.explain)
+            raise UsageError(
+                f"--explain: no layer or blob named '{args.explain}'" + (f"; {hint}" if hint else "")
+            )
+        explained = explain_layer(graph, layer)
+
+    report = build_report(graph)
+    if args.json:
+        if args.explain:
+            report["explain"] = {"layer": args.explain, "lines": explained}
+        print(json.dumps(report, indent=2))
+    else:
+        print(render_table(report))
+        if explained:
+            print()
+            print("\n".join(explained))
+    print_diagnostics(graph.diagnostics)
+
+    if args.emit_python:
+        return _emit_python(graph, args.emit_python)
+    return 0
+
+
+def _emit_python(graph: object, path: str) -> int:
+    try:
+        from protocaffe.lower import emit_python
+    except ImportError:
+        print(
+            "protocaffe compile: error: --emit-python is not available in this build "
+            "(protocaffe.lower.emit_python is missing)",
+            file=sys.stderr,
+        )
+        return 1
+    emit_python(graph, path)
+    print(f"wrote {path}", file=sys.stderr)
+    return 0

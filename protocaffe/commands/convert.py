@@ -1,0 +1,89 @@
+"""`protocaffe convert NET --weights W -o OUT`: export a net's blobs to another format."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+DESCRIPTION = """\
+Load NET with its weights (or filler-initialised blobs when --weights is omitted) and write
+them to OUT. The format follows OUT's extension: .safetensors and .pt hold the PyTorch
+state_dict of the module `protocaffe.load` builds (keys like conv1.weight; sanitised layer
+names are listed in the metadata), .caffemodel writes a Caffe weights file."""
+
+FORMATS = (".safetensors", ".pt", ".pth", ".caffemodel")
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "convert",
+        help="export weights to safetensors, a PyTorch state_dict or a caffemodel",
+        description=DESCRIPTION,
+    )
+    p.add_argument("net", metavar="NET", help="the .prototxt net definition")
+    p.add_argument("-w", "--weights", metavar="W.caffemodel", help="Caffe weights to load")
+    p.add_argument("-o", "--output", required=True, metavar="OUT", help=f"one of {FORMATS}")
+    p.add_argument("--phase", type=str.upper, choices=("TRAIN", "TEST"), default="TEST")
+    p.add_argument(
+        "--allow-missing",
+        action="store_true",
+        help="keep filler values for layers the weights lack; skip layers the net lacks",
+    )
+    p.add_argument("--seed", type=int, help="seed for filler-initialised blobs")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from protocaffe.cli import UsageError
+
+    out = Path(args.output)
+    if out.suffix not in FORMATS:
+        raise UsageError(f"cannot tell the output format of {out}: use one of {FORMATS}")
+    safetensors = None
+    if out.suffix == ".safetensors":
+        try:
+            import safetensors.torch as safetensors
+        except ImportError:
+            raise UsageError(
+                "writing .safetensors needs the safetensors package (pip install safetensors)"
+            ) from None
+
+    from protocaffe.runtime.api import load
+
+    module = load(
+        args.net,
+        args.weights,
+        device="cpu",
+        phase=args.phase,
+        seed=args.seed,
+        allow_missing=args.allow_missing,
+    )
+    if out.suffix == ".caffemodel":
+        from protocaffe.runtime.caffemodel import save_caffemodel
+
+        save_caffemodel(module, out)
+    elif safetensors is not None:
+        import json
+
+        safetensors.save_file(
+            _unshared(module.state_dict()),
+            str(out),
+            metadata={"caffe_names": json.dumps(module.caffe_names)},
+        )
+    else:
+        import torch
+
+        torch.save(module.state_dict(), out)
+    print(f"wrote {out} ({len(module.state_dict())} tensors)")
+    return 0
+
+
+def _unshared(state: dict) -> dict:
+    """safetensors refuses tensors that share memory (Caffe's shared params): copy repeats."""
+    seen: set[int] = set()
+    out = {}
+    for key, tensor in state.items():
+        ptr = tensor.data_ptr()
+        out[key] = tensor.clone() if ptr in seen else tensor.contiguous()
+        seen.add(ptr)
+    return out

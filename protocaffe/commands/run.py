@@ -1,0 +1,437 @@
+"""`protocaffe run NET --input IMG|DIR|NPY`: run a net on images or arrays and save the results.
+
+Inputs are prepared like Caffe's own tools (BGR, 0..255, mean subtracted; defaults from the data
+layer's transform_param, flags win). The net is re-shaped to every input size it meets (FCNs take
+any size): one module per distinct shape, all sharing the weights of the first; same-shape inputs
+run together in batches. Segmentation outputs become PNGs, classifier outputs a top-k list, and
+anything else a .npy file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from protocaffe.diagnostics import CompileError, Diagnostic
+
+if TYPE_CHECKING:
+    from protocaffe.runtime.preprocess import Preprocess, Sample
+
+DESCRIPTION = """\
+Run NET on images (or .npy blobs) and write what it produced to --output (./protocaffe-out):
+for a segmentation net (per-pixel class scores at the input's size) a VOC-coloured PNG, an
+overlay on the input and a class-index PNG per image, plus a line per image with the classes
+present; for a classifier the top-k classes; otherwise the output blob as .npy. Without
+--weights the layers' fillers initialise the net, which is only useful for smoke tests."""
+
+DEFAULT_OUTPUT = "protocaffe-out"
+
+
+def add_runtime_args(p: argparse.ArgumentParser) -> None:
+    """Flags shared by `run` and `bench`: where and how the module executes."""
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="(auto)")
+    p.add_argument(
+        "--dtype", choices=("float32", "float16", "bfloat16"), default="float32", help="(float32)"
+    )
+    p.add_argument("--channels-last", action="store_true", help="NHWC memory format for 4-D blobs")
+    p.add_argument("--compile", action="store_true", help="torch.compile the module")
+    p.add_argument("--seed", type=int, default=0, help="seed for fillers and random inputs (0)")
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "run", help="run a net on images/arrays and save usable outputs", description=DESCRIPTION
+    )
+    p.add_argument("net", metavar="NET", help="the .prototxt net definition")
+    p.add_argument("--weights", metavar="W.caffemodel", help="trained weights")
+    p.add_argument(
+        "--input",
+        action="extend",
+        nargs="+",
+        required=True,
+        metavar="IMG|DIR|NPY",
+        help="image files, directories of them, or .npy blobs (CxHxW or NxCxHxW)",
+    )
+    p.add_argument("--output", default=DEFAULT_OUTPUT, metavar="DIR", help=f"(./{DEFAULT_OUTPUT})")
+    p.add_argument(
+        "--mean",
+        metavar="B,G,R",
+        help="per-channel mean in the net's channel order, e.g. 104.00699,116.66877,122.67892",
+    )
+    p.add_argument("--scale", type=float, help="multiply after subtracting the mean")
+    order = p.add_mutually_exclusive_group()
+    order.add_argument("--bgr", dest="bgr", action="store_true", default=None, help="(default)")
+    order.add_argument("--rgb", dest="bgr", action="store_false", help="feed RGB channel order")
+    p.add_argument("--resize", metavar="H,W", help="resize images before preprocessing")
+    p.add_argument("--batch-size", type=_positive, default=1, metavar="N", help="(1)")
+    p.add_argument("--top-k", type=_positive, default=5, metavar="K", help="classifier: (5)")
+    p.add_argument("--labels", metavar="FILE", help="class names, one per line")
+    p.add_argument("--save-blobs", metavar="A,B", help="also save these blobs to <image>_blobs.npz")
+    p.add_argument("--output-blob", metavar="NAME", help="the blob to interpret (default: outputs)")
+    p.add_argument(
+        "--allow-missing", action="store_true", help="layers missing from --weights keep fillers"
+    )
+    add_runtime_args(p)
+    p.set_defaults(func=run)
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text}")
+    return value
+
+
+def _error(message: str, span: Any = None, hint: str | None = None) -> CompileError:
+    return CompileError([Diagnostic("error", message, span, hint)])
+
+
+# --- the module ------------------------------------------------------------------------------
+
+
+@dataclass
+class Model:
+    """A lowered net ready to call, with the settings its inputs must follow."""
+
+    module: Any  # CaffeModule; with --compile its __call__ is torch.compile'd, its graph stays
+    device: Any
+    dtype: Any
+    channels_last: bool
+    compiled: bool
+
+    def derive(self, module: Any) -> Model:
+        """The same settings around another module sharing this one's weights."""
+        if self.compiled:
+            module.compile()
+        return Model(module, self.device, self.dtype, self.channels_last, self.compiled)
+
+
+def load_model(
+    args: argparse.Namespace,
+    weights: str | None,
+    input_shapes: dict[str, tuple[int, ...]] | None = None,
+    outputs: Sequence[str] = (),
+    quiet_fillers: bool = False,
+) -> Model:
+    """protocaffe.load with the command-line settings; reports warnings as diagnostics."""
+    import warnings
+
+    from protocaffe.diagnostics import print_diagnostics
+    from protocaffe.runtime.api import load, resolve_device, resolve_dtype
+
+    if weights is None and not quiet_fillers:
+        print(
+            f"warning: no --weights: using Caffe fillers (seed {args.seed}); "
+            "outputs are not meaningful",
+            file=sys.stderr,
+        )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the weights report's are printed below, located
+        module = load(
+            args.net,
+            weights=weights,
+            device=args.device,
+            dtype=args.dtype,
+            channels_last=args.channels_last,
+            input_shapes=input_shapes,
+            outputs=list(outputs),
+            seed=args.seed,
+            allow_missing=getattr(args, "allow_missing", False),
+        )
+    report = module.weights_report
+    print_diagnostics(
+        [d for d in module.caffe_graph.diagnostics if d.severity != "note"]
+        + (report.diagnostics if report is not None else [])
+    )
+    model = Model(
+        module, resolve_device(args.device), resolve_dtype(args.dtype), args.channels_last, False
+    )
+    model.compiled = args.compile
+    if args.compile:
+        module.compile()
+    return model
+
+
+def reshaped(model: Model, input_shapes: dict[str, tuple[int, ...]]) -> Model:
+    """`model`'s net re-shaped to new input shapes, sharing its weights (no copy).
+
+    The graph is rebuilt from the same upgraded NetParameter and state; a layer whose stored
+    blobs would change shape (an InnerProduct after the spatial axes) cannot share weights.
+    """
+    from types import SimpleNamespace
+
+    from protocaffe.ir.build import build_graph
+    from protocaffe.layers.base import shape_str
+    from protocaffe.lower.builder import assemble
+
+    base = model.module
+    old = base.caffe_graph
+    parsed = SimpleNamespace(message=old.net, source_map=old.source_map)
+    state = old.state
+    graph = build_graph(
+        parsed, phase=state.phase, stages=state.stages, level=state.level, input_shapes=input_shapes
+    )
+    attrs, sharing = {}, {}
+    by_index = dict(zip(graph.layers, old.layers, strict=True))
+    for layer, was in by_index.items():
+        now = [s.shape for s in layer.blob_specs]
+        before = [s.shape for s in was.blob_specs]
+        if now != before:
+            given = ", ".join(f"{k} {shape_str(v)}" for k, v in input_shapes.items())
+            declared = ", ".join(f"{v.blob} {shape_str(v.shape)}" for v in old.inputs)
+            raise _error(
+                f"{layer.type} '{layer.name}': its weights fix the net's input size; input "
+                f"{given} would need blobs {' '.join(shape_str(s) for s in now)}, the loaded "
+                f"ones are {' '.join(shape_str(s) for s in before)}",
+                layer.span,
+                hint=f"the net was defined for {declared}: pass --resize H,W to match it",
+            )
+        if was in base._layer_attrs:
+            attrs[layer] = base._layer_attrs[was]
+        for (owner, name), target in base._sharing.items():
+            if owner is was:
+                sharing[(layer, name)] = target
+    extra = [k for k in base.output_names if k not in {v.blob for v in graph.outputs}]
+    module = assemble(graph, base, attrs, sharing, extra)
+    module.train(base.training)
+    return model.derive(module)
+
+
+def to_input(model: Model, array: Any) -> Any:
+    import torch
+
+    x = torch.from_numpy(array).to(device=model.device, dtype=model.dtype)
+    if model.channels_last and x.dim() == 4:
+        x = x.contiguous(memory_format=torch.channels_last)
+    return x
+
+
+# --- inputs ----------------------------------------------------------------------------------
+
+
+def _parse_hw(text: str | None) -> tuple[int, int] | None:
+    from protocaffe.cli import UsageError
+
+    if text is None:
+        return None
+    try:
+        h, w = (int(v) for v in text.replace("x", ",").split(","))
+    except ValueError:
+        raise UsageError(f"--resize expects H,W (two positive integers), not {text!r}") from None
+    if h <= 0 or w <= 0:
+        raise UsageError(f"--resize expects H,W (two positive integers), not {text!r}")
+    return h, w
+
+
+def preprocess_for(graph: Any, args: argparse.Namespace) -> Preprocess:
+    """Defaults from the fed data layer's transform_param, overridden by flags."""
+    from protocaffe.cli import UsageError
+    from protocaffe.runtime.preprocess import Preprocess, parse_floats
+
+    try:
+        mean = parse_floats(args.mean, "--mean")
+    except CompileError as err:
+        raise UsageError(err.diagnostics[0].message) from None
+    value = fed_input(graph)
+    proto = value.producer.proto if value.producer is not None else None
+    has_transform = proto is not None and proto.HasField("transform_param")
+    prep = Preprocess.from_transform(
+        proto.transform_param if has_transform else None,
+        mean=mean,
+        scale=args.scale,
+        bgr=args.bgr,
+        resize=_parse_hw(args.resize),
+    )
+    prep.grey = len(value.shape) == 4 and value.shape[1] == 1
+    return prep
+
+
+def fed_input(graph: Any) -> Any:
+    """The one input blob images are fed into."""
+    if not graph.inputs:
+        raise _error("this net has no input blob to feed (no Input or data layer)")
+    if len(graph.inputs) > 1:
+        names = ", ".join(f"'{v.blob}'" for v in graph.inputs)
+        producer = graph.inputs[1].producer
+        raise _error(
+            f"this net has {len(graph.inputs)} input blobs ({names}); `protocaffe run` feeds one",
+            producer.span if producer is not None else None,
+            hint="use the deploy prototxt (a single Input layer), not a train/val net",
+        )
+    return graph.inputs[0]
+
+
+def check_channels(value: Any, sample: Sample) -> None:
+    want, got = value.shape, sample.blob.shape
+    if len(want) != len(got) or (len(want) > 1 and want[1] != got[1]):
+        from protocaffe.layers.base import shape_str
+
+        producer = value.producer
+        raise _error(
+            f"{sample.path}: gives a {shape_str(got)} blob but input '{value.blob}' is "
+            f"{shape_str(want)} ({'channels' if len(want) == len(got) else 'axes'} differ)",
+            producer.span if producer is not None else None,
+        )
+
+
+# --- the command -----------------------------------------------------------------------------
+
+
+class Progress:
+    """A one-line progress bar on stderr (redrawn on a terminal, plain lines otherwise)."""
+
+    def __init__(self, total: int) -> None:
+        self.total = total
+        self.done = 0
+        self.tty = sys.stderr.isatty()
+        self.enabled = total > 1 or self.tty
+
+    def step(self, label: str) -> None:
+        self.done += 1
+        if not self.enabled:
+            return
+        width = 24
+        filled = width * self.done // self.total
+        bar = "#" * filled + "." * (width - filled)
+        line = f"[{bar}] {self.done}/{self.total} {label}"
+        if self.tty:
+            sys.stderr.write("\r\033[K" + line + ("\n" if self.done == self.total else ""))
+        else:
+            sys.stderr.write(line + "\n")
+        sys.stderr.flush()
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from protocaffe.runtime.postprocess import read_labels
+    from protocaffe.runtime.preprocess import expand_inputs, group_by_shape, iter_samples
+
+    for flag in ("weights", "labels"):
+        path = getattr(args, flag)
+        if path is not None and not Path(path).is_file():
+            raise _error(f"--{flag} {path}: no such file")
+    labels = read_labels(args.labels)
+    save_blobs = [b.strip() for b in (args.save_blobs or "").split(",") if b.strip()]
+    paths = expand_inputs(args.input)
+    wanted = [args.output_blob] if args.output_blob else []
+    model = load_model(args, args.weights, outputs=[*wanted, *save_blobs])
+    graph = model.module.caffe_graph
+    feed = fed_input(graph)
+    prep = preprocess_for(graph, args)
+    interpret = wanted or [v.blob for v in graph.outputs]
+
+    if args.batch_size > 1:
+        paths = group_by_shape(paths, prep)
+    out_dir = Path(args.output)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    writer = Writer(out_dir, labels, args.top_k, interpret, save_blobs)
+    models: dict[tuple[int, ...], Model] = {tuple(feed.shape): model}
+    progress = Progress(len(paths))
+    for batch in batches(iter_samples(paths, prep), args.batch_size):
+        for sample in batch:
+            check_channels(feed, sample)
+        blob = batch[0].blob if len(batch) == 1 else _concat([s.blob for s in batch])
+        shape = tuple(blob.shape)
+        if shape not in models:
+            models[shape] = reshaped(model, {feed.blob: shape})
+        current = models[shape]
+        with torch.no_grad():
+            result = current.module({feed.blob: to_input(current, blob)})
+        arrays = {k: v.detach().to("cpu", torch.float32).numpy() for k, v in result.items()}
+        start = 0
+        for sample in batch:
+            n = sample.blob.shape[0]
+            writer.write(sample, {k: a[start : start + n] for k, a in arrays.items()})
+            start += n
+            progress.step(sample.path.name)
+    print(f"wrote results for {len(paths)} input(s) to {out_dir}/", file=sys.stderr)
+    return 0
+
+
+def _concat(blobs: list[Any]) -> Any:
+    import numpy as np
+
+    return np.concatenate(blobs, axis=0)
+
+
+def batches(samples: Any, size: int) -> Any:
+    """Consecutive samples of one blob shape (bar the batch axis), at most `size` at a time."""
+    batch: list[Sample] = []
+    for sample in samples:
+        if batch and (len(batch) == size or batch[0].blob.shape[1:] != sample.blob.shape[1:]):
+            yield batch
+            batch = []
+        batch.append(sample)
+    if batch:
+        yield batch
+
+
+class Writer:
+    """Turns one input's output blobs into files and a summary line on stdout."""
+
+    def __init__(
+        self,
+        out_dir: Path,
+        labels: list[str] | None,
+        k: int,
+        interpret: list[str],
+        save_blobs: list[str],
+    ) -> None:
+        self.out_dir = out_dir
+        self.labels = labels
+        self.k = k
+        self.interpret = interpret
+        self.save_blobs = save_blobs
+        self.stems: set[str] = set()
+
+    def name(self, index: int) -> str:
+        return self.labels[index] if self.labels and index < len(self.labels) else str(index)
+
+    def unique_stem(self, path: Path) -> str:
+        stem, n = path.stem, 2
+        while stem in self.stems:
+            stem, n = f"{path.stem}-{n}", n + 1
+        self.stems.add(stem)
+        return stem
+
+    def write(self, sample: Sample, arrays: dict[str, Any]) -> None:
+        import numpy as np
+
+        from protocaffe.runtime import postprocess as post
+
+        stem = self.unique_stem(sample.path)
+        hw = tuple(sample.blob.shape[2:]) if sample.blob.ndim == 4 else None
+        parts = []
+        for blob in self.interpret:
+            out = arrays[blob]
+            tag = f"{stem}_{blob}" if len(self.interpret) > 1 else stem
+            prefix = f"{blob}: " if len(self.interpret) > 1 else ""
+            if out.shape[0] == 1 and post.is_segmentation(out.shape, hw):
+                labels = out[0].argmax(axis=0)
+                post.save_rgb_png(post.colorize(labels), self.out_dir / f"{tag}_seg.png")
+                post.save_label_png(labels, self.out_dir / f"{tag}_labels.png")
+                if sample.image is not None:
+                    overlaid = post.overlay(sample.image, labels)
+                    post.save_rgb_png(overlaid, self.out_dir / f"{tag}_overlay.png")
+                share = post.class_shares(labels)
+                parts.append(prefix + ", ".join(f"{self.name(c)} {p:.1f}%" for c, p in share))
+            elif out.shape[0] == 1 and post.is_classifier(out.shape):
+                top = post.top_k(out[0], self.k)
+                parts.append(
+                    prefix
+                    + "top-"
+                    + str(len(top))
+                    + ": "
+                    + ", ".join(f"{self.name(c)} ({s:.4f})" for c, s in top)
+                )
+            else:
+                np.save(self.out_dir / f"{tag}.npy", out)
+                parts.append(f"{prefix}{'x'.join(map(str, out.shape))} -> {tag}.npy")
+        if self.save_blobs:
+            np.savez(self.out_dir / f"{stem}_blobs.npz", **{b: arrays[b] for b in self.save_blobs})
+        print(f"{sample.path}: " + "; ".join(parts))

@@ -1,0 +1,9 @@
+"""Front end: prototxt text → caffe_pb2 message + SourceMap (and back, canonically)."""
+
+from __future__ import annotations
+
+from protocaffe.frontend.loader import load_net, load_solver, read_source
+from protocaffe.frontend.printer import format_message
+from protocaffe.frontend.textformat import ParsedFile, parse_text
+
+__all__ = ["ParsedFile", "format_message", "load_net", "load_solver", "parse_text", "read_source"]

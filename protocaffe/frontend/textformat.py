@@ -1,0 +1,886 @@
+"""Protocol-buffer text format → caffe_pb2 messages, with a source map and diagnostics.
+
+Two passes. The lark LALR parser (grammar in prototxt.lark, driven by `_Lexer`, a single-regex
+lexer built from the grammar's own terminals) turns text into a light tree of tuples; then
+`_Builder` walks that tree top-down against the message DESCRIPTOR, converting values, filling
+the protobuf message and recording a `Span` for every field path. Value rules follow
+google.protobuf.text_format, so both accept and reject the same files; we only say it better.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from functools import cache
+from importlib import resources
+from typing import Any
+
+from google.protobuf import text_encoding
+from google.protobuf.descriptor import Descriptor, FieldDescriptor
+from google.protobuf.message import Message
+from lark import Lark
+from lark.exceptions import UnexpectedInput, UnexpectedToken
+from lark.common import LexerConf
+from lark.lexer import Lexer
+
+from protocaffe.diagnostics import (
+    CompileError,
+    Diagnostic,
+    Diagnostics,
+    SourceFile,
+    Span,
+    suggestion_hint,
+)
+from protocaffe.frontend.sourcemap import FieldPath, SourceMap
+
+__all__ = ["ParsedFile", "message_class", "parse_text"]
+
+
+@dataclass
+class ParsedFile:
+    """A parsed prototxt: the protobuf message, where each field was written, and the text."""
+
+    message: Message
+    source_map: SourceMap
+    source: SourceFile
+    # Warnings and notes (errors are raised as CompileError instead).
+    diagnostics: list[Diagnostic] = field(default_factory=list)
+
+
+# ---------------------------------------------------------------------------------------------
+# Lexing and parsing
+
+
+class Tok:
+    """A token. Lighter than lark.Token (which the parser does not need): tokens never span
+    lines, so the end position follows from the start and the length."""
+
+    __slots__ = ("column", "line", "start_pos", "type", "value")
+
+    def __init__(self, type: str, value: str, start_pos: int, line: int, column: int):
+        self.type = type
+        self.value = value
+        self.start_pos = start_pos
+        self.line = line
+        self.column = column
+
+    # lark reads these when it builds the end-of-input token and its error objects.
+    @property
+    def end_line(self) -> int:
+        return self.line
+
+    @property
+    def end_column(self) -> int:
+        return self.column + len(self.value)
+
+    @property
+    def end_pos(self) -> int:
+        return self.start_pos + len(self.value)
+
+    def __repr__(self) -> str:
+        return f"Tok({self.type}, {self.value!r}, {self.line}:{self.column})"
+
+
+class LexError(Exception):
+    """A character no token can start with (e.g. an unterminated string)."""
+
+    def __init__(self, text: str, pos: int, line: int, column: int):
+        super().__init__(f"unexpected character at {line}:{column}")
+        self.text, self.pos, self.line, self.column = text, pos, line, column
+
+
+class _Lexer(Lexer):
+    """One compiled alternation of the grammar's terminals, scanned with finditer.
+
+    lark's own basic lexer does the same job at about 2.5x the cost per token; parsing speed is
+    dominated by per-token Python work, so this matters (see benchmarks/bench_parse.py).
+    """
+
+    def __init__(self, conf: LexerConf):
+        groups = [f"(?P<{t.name}>{t.pattern.to_regexp()})" for t in conf.terminals]
+        self.regex = re.compile("|".join([*groups, r"(?P<_BAD>[\s\S])"]))
+        self.ignore = frozenset(conf.ignore)
+
+    def lex(self, text: str, *_: Any) -> Iterator[Tok]:  # type: ignore[override]
+        line, line_start = 1, 0
+        ignore = self.ignore
+        for m in self.regex.finditer(text):
+            kind = m.lastgroup
+            if kind in ignore:
+                value = m.group()
+                newlines = value.count("\n")
+                if newlines:
+                    line += newlines
+                    line_start = m.start() + value.rindex("\n") + 1
+                continue
+            start = m.start()
+            if kind == "_BAD":
+                raise LexError(text, start, line, start - line_start + 1)
+            yield Tok(kind, m.group(), start, line, start - line_start + 1)  # type: ignore[arg-type]
+
+
+# Tree shapes produced by the parser callbacks:
+#   field   = (name: Tok, colon: Tok | None, value)
+#   value   = Tok (NUMBER or NAME) | list[Tok] (adjacent STRINGs)
+#           | ("{", fields, open: Tok, close: Tok) | ("[", items, open: Tok, close: Tok)
+MSG, LIST = "{", "["
+
+
+class _Callbacks:
+    """Inlined into the LALR parser: each reduction builds a tuple, never a lark Tree."""
+
+    @staticmethod
+    def start(c: list) -> list:
+        return c[0]
+
+    @staticmethod
+    def fields(c: list) -> list:
+        if c:
+            c[0].append(c[1])
+            return c[0]
+        return []
+
+    @staticmethod
+    def field(c: list) -> tuple:
+        return (c[0], c[1], c[2])
+
+    @staticmethod
+    def string(c: list) -> list:
+        return c
+
+    @staticmethod
+    def message(c: list) -> tuple:
+        return (MSG, c[1], c[0], c[2])
+
+    @staticmethod
+    def list(c: list) -> tuple:
+        return (LIST, [x for x in c[1:-1] if x is not None], c[0], c[-1])
+
+
+@cache
+def _parser() -> Lark:
+    grammar = resources.files("protocaffe.frontend").joinpath("prototxt.lark").read_text()
+    return Lark(
+        grammar,
+        parser="lalr",
+        lexer=_Lexer,
+        transformer=_Callbacks(),
+        maybe_placeholders=True,
+    )
+
+
+def tokenize(text: str) -> Iterator[Tok]:
+    """The token stream of `text` (raises LexError)."""
+    return _Lexer(_parser().lexer_conf).lex(text)
+
+
+def count_comments(text: str) -> int:
+    """How many `#` comments `text` has (0 for text that does not lex)."""
+    regex = _Lexer(_parser().lexer_conf).regex
+    return sum(1 for m in regex.finditer(text) if m.lastgroup == "COMMENT")
+
+
+def parse_tree(text: str) -> list:
+    """Text → field tuples (raises LexError or lark's UnexpectedInput)."""
+    return _parser().parse(text)
+
+
+# ---------------------------------------------------------------------------------------------
+# Values
+
+
+class BadValue(Exception):
+    def __init__(self, message: str, hint: str | None = None):
+        super().__init__(message)
+        self.message, self.hint = message, hint
+
+
+_C_OCTAL = re.compile(r"(-?)0(\d+)$")
+_OCTAL_FLOAT = re.compile(r"-?0[0-9]+")
+_INF = re.compile(r"-?inf(?:inity)?f?$", re.IGNORECASE)
+_NAN = re.compile(r"nanf?$", re.IGNORECASE)
+_INT_RANGES = {
+    FieldDescriptor.TYPE_INT32: ("int32", -(2**31), 2**31 - 1),
+    FieldDescriptor.TYPE_SINT32: ("sint32", -(2**31), 2**31 - 1),
+    FieldDescriptor.TYPE_SFIXED32: ("sfixed32", -(2**31), 2**31 - 1),
+    FieldDescriptor.TYPE_INT64: ("int64", -(2**63), 2**63 - 1),
+    FieldDescriptor.TYPE_SINT64: ("sint64", -(2**63), 2**63 - 1),
+    FieldDescriptor.TYPE_SFIXED64: ("sfixed64", -(2**63), 2**63 - 1),
+    FieldDescriptor.TYPE_UINT32: ("uint32", 0, 2**32 - 1),
+    FieldDescriptor.TYPE_FIXED32: ("fixed32", 0, 2**32 - 1),
+    FieldDescriptor.TYPE_UINT64: ("uint64", 0, 2**64 - 1),
+    FieldDescriptor.TYPE_FIXED64: ("fixed64", 0, 2**64 - 1),
+}
+_BOOLS = {"true": True, "t": True, "1": True, "True": True}
+_BOOLS.update({"false": False, "f": False, "0": False, "False": False})
+
+
+def _scalar_text(v: Any, what: str) -> str:
+    """The text of a bare (unquoted) value; quoted strings are an error for non-string types."""
+    if v.__class__ is Tok:
+        return v.value
+    text = "".join(t.value for t in v)
+    raise BadValue(
+        f"expected {what}, found the string {text}",
+        "remove the quotes" if len(v) == 1 and _unquote(v).strip() else None,
+    )
+
+
+def parse_int(text: str) -> int:
+    """An integer as text_format reads it: decimal, 0x hex, C octal (017), optional sign."""
+    if text.isdigit() and (text[0] != "0" or len(text) == 1):
+        return int(text)
+    m = _C_OCTAL.match(text)
+    try:
+        return int(f"{m.group(1)}0o{m.group(2)}" if m else text, 0)
+    except ValueError:
+        raise BadValue(f"expected an integer, found '{text}'") from None
+
+
+def parse_float(text: str) -> float:
+    """A float as text_format reads it: also inf/-inf/infinity/nan and a trailing f/F."""
+    if _OCTAL_FLOAT.match(text):
+        raise BadValue(f"invalid number '{text}' (a leading 0 makes it octal)")
+    try:
+        return float(text)
+    except ValueError:
+        if _INF.match(text):
+            return float("-inf") if text[0] == "-" else float("inf")
+        if _NAN.match(text):
+            return float("nan")
+        try:
+            return float(text.rstrip("fF"))
+        except ValueError:
+            raise BadValue(f"expected a number, found '{text}'") from None
+
+
+def _int_converter(type_name: str, lo: int, hi: int) -> Callable[[Any], int]:
+    what = f"an integer ({type_name})"
+
+    def convert(v: Any) -> int:
+        text = _scalar_text(v, what)
+        try:
+            n = parse_int(text)
+        except BadValue:
+            hint = None
+            try:
+                x = parse_float(text)
+                if x == x and abs(x) != float("inf"):
+                    hint = f"this field is {type_name}; write a whole number"
+                    if x == int(x):
+                        hint += f" ({int(x)})"
+            except BadValue:
+                pass
+            raise BadValue(f"expected {what}, found '{text}'", hint) from None
+        if not lo <= n <= hi:
+            raise BadValue(f"{text} is out of range for {type_name} ({lo} to {hi})")
+        return n
+
+    return convert
+
+
+def _convert_float(v: Any) -> float:
+    return parse_float(_scalar_text(v, "a number"))
+
+
+def _convert_bool(v: Any) -> bool:
+    text = _scalar_text(v, "true or false")
+    try:
+        return _BOOLS[text]
+    except KeyError:
+        hint = f"write {text.lower()}" if text.lower() in _BOOLS else None
+        raise BadValue(f"expected true or false, found '{text}'", hint) from None
+
+
+def _unquote(toks: list[Tok]) -> str:
+    return "".join(t.value[1:-1] for t in toks)
+
+
+def _string_bytes(v: Any) -> bytes:
+    if v.__class__ is Tok:
+        raise BadValue(
+            f"expected a quoted string, found '{v.value}'", f'write it in quotes: "{v.value}"'
+        )
+    body = _unquote(v)
+    if "\\" not in body:
+        return body.encode("utf-8")
+    try:
+        return text_encoding.CUnescape(body)
+    except ValueError as err:
+        raise BadValue(f"invalid escape sequence in string: {err}") from None
+
+
+def _convert_string(v: Any) -> str:
+    if v.__class__ is list and len(v) == 1 and "\\" not in v[0].value:
+        return v[0].value[1:-1]  # the common case: one plain string
+    try:
+        return _string_bytes(v).decode("utf-8")
+    except UnicodeDecodeError:
+        raise BadValue("string escapes do not form valid UTF-8 text") from None
+
+
+_MAX_LISTED = 12
+
+
+def _enum_converter(fd: FieldDescriptor) -> Callable[[Any], int]:
+    enum = fd.enum_type
+    names = enum.values_by_name
+    numbers = enum.values_by_number
+    valid = ", ".join(v.name for v in enum.values[:_MAX_LISTED])
+    valid = f"valid: {valid}" if len(enum.values) <= _MAX_LISTED else f"{len(enum.values)} values"
+
+    def convert(v: Any) -> int:
+        if v.__class__ is list:
+            text = _unquote(v)
+            hint = "enum values are written without quotes"
+            if text in names:
+                hint += f": {text}"
+            raise BadValue(f"expected a {enum.name} value, found a string", hint)
+        text = v.value
+        hit = names.get(text)
+        if hit is not None:
+            return hit.number
+        if v.type == "NUMBER":
+            try:
+                number = int(text, 0)
+            except ValueError:
+                number = None
+            if number in numbers:
+                return number
+        hint = suggestion_hint(text, names)
+        if text in FORK_ENUM_VALUES:
+            hint = f"{text} is from {FORK_ENUM_VALUES[text]}; it is not in BVLC caffe.proto"
+        raise BadValue(f"'{text}' is not a {enum.name} value ({valid})", hint)
+
+    return convert
+
+
+def _type_name(fd: FieldDescriptor) -> str:
+    if fd.type == FieldDescriptor.TYPE_MESSAGE:
+        return fd.message_type.name
+    if fd.type == FieldDescriptor.TYPE_ENUM:
+        return fd.enum_type.name
+    return _SCALAR_NAMES.get(fd.type, "value")
+
+
+_SCALAR_NAMES = {t: name for t, (name, _, _) in _INT_RANGES.items()}
+_SCALAR_NAMES.update(
+    {
+        FieldDescriptor.TYPE_FLOAT: "float",
+        FieldDescriptor.TYPE_DOUBLE: "double",
+        FieldDescriptor.TYPE_BOOL: "bool",
+        FieldDescriptor.TYPE_STRING: "string",
+        FieldDescriptor.TYPE_BYTES: "bytes",
+    }
+)
+
+
+@dataclass(frozen=True)
+class FieldPlan:
+    """What the builder needs to know about one field, computed once per message type."""
+
+    name: str
+    fd: FieldDescriptor
+    repeated: bool
+    is_message: bool
+    convert: Callable[[Any], Any] | None
+    type_name: str
+
+
+def _converter(fd: FieldDescriptor) -> Callable[[Any], Any]:
+    t = fd.type
+    if t in _INT_RANGES:
+        return _int_converter(*_INT_RANGES[t])
+    if t in (FieldDescriptor.TYPE_FLOAT, FieldDescriptor.TYPE_DOUBLE):
+        return _convert_float
+    if t == FieldDescriptor.TYPE_BOOL:
+        return _convert_bool
+    if t == FieldDescriptor.TYPE_STRING:
+        return _convert_string
+    if t == FieldDescriptor.TYPE_BYTES:
+        return _string_bytes
+    if t == FieldDescriptor.TYPE_ENUM:
+        return _enum_converter(fd)
+    raise TypeError(f"unsupported field type {t} for {fd.full_name}")  # groups: not in Caffe
+
+
+@cache
+def plan_for(descriptor: Descriptor) -> dict[str, FieldPlan]:
+    plans = {}
+    for fd in descriptor.fields:
+        is_message = fd.type == FieldDescriptor.TYPE_MESSAGE
+        plans[fd.name] = FieldPlan(
+            fd.name,
+            fd,
+            fd.is_repeated,
+            is_message,
+            None if is_message else _converter(fd),
+            _type_name(fd),
+        )
+    return plans
+
+
+# ---------------------------------------------------------------------------------------------
+# Building messages
+
+
+def _end_of(value: Any) -> Tok:
+    """The last token of a value."""
+    if value.__class__ is Tok:
+        return value
+    if value.__class__ is list:
+        return value[-1]
+    return value[3]
+
+
+def _start_of(value: Any) -> Tok:
+    if value.__class__ is Tok:
+        return value
+    if value.__class__ is list:
+        return value[0]
+    return value[2]
+
+
+class _Builder:
+    """Fills a message from field tuples, recording spans and collecting every error."""
+
+    def __init__(self, source: SourceFile):
+        self.source = source
+        self.source_map = SourceMap(source)
+        self.diags = Diagnostics()
+
+    def span(self, first: Tok, last: Tok) -> Span:
+        return Span(self.source, first.line, first.column, last.line, last.column + len(last.value))
+
+    def error(self, message: str, first: Tok, last: Tok | None = None, hint: str | None = None):
+        self.diags.error(message, self.span(first, last or first), hint)
+
+    def fill(self, msg: Message, fields: list, path: FieldPath) -> None:
+        plans = plan_for(msg.DESCRIPTOR)
+        spans, names = self.source_map.spans, self.source_map.names
+        seen: dict[str, Tok] = {}  # singular fields already set -> their name token
+        counts: dict[str, int] = {}  # repeated fields -> next index
+        pending: dict[str, list] = {}  # repeated scalars, extended in one call at the end
+        span = self.span
+        for name_tok, colon, value in fields:
+            name = name_tok.value
+            plan = plans.get(name)
+            if plan is None:
+                self.unknown_field(msg.DESCRIPTOR, name_tok, fields)
+                continue
+            if value.__class__ is tuple and value[0] is LIST:
+                if not plan.repeated:
+                    self.error(
+                        f"'{name}' is not a repeated field; it takes one {plan.type_name}, "
+                        "not a [...] list",
+                        value[2],
+                        value[3],
+                    )
+                    continue
+                items = value[1]
+            else:
+                items = (value,)
+            if colon is None and not plan.is_message:
+                self.error(
+                    f"expected ':' after '{name}'",
+                    name_tok,
+                    hint=f"write '{name}: {_start_of(value).value}'",
+                )
+                continue
+            name_span = span(name_tok, name_tok)
+            whole = span(name_tok, _end_of(value))
+            if not plan.repeated:
+                first = seen.get(name)
+                if first is not None:
+                    d = self.diags.error(
+                        f"'{name}' is given more than once, but it is not a repeated field",
+                        name_span,
+                        f"remove one of them (the first is at line {first.line})",
+                    )
+                    d.notes.append(f"{self.source.path}:{first.line}:{first.column}: first here")
+                    continue
+                seen[name] = name_tok
+                sub_path = (*path, name)
+                spans[sub_path] = whole
+                names[sub_path] = name_span
+                if plan.is_message:
+                    if not self.check_message(plan, value):
+                        continue
+                    sub = getattr(msg, name)
+                    sub.SetInParent()
+                    self.fill(sub, value[1], sub_path)
+                else:
+                    converted = self.convert(plan, value)
+                    if converted is not _FAILED:
+                        setattr(msg, name, converted)
+                continue
+            # Repeated: every element gets its own path; the bare field path names the first.
+            field_path = (*path, name)
+            if field_path not in spans:
+                spans[field_path] = whole
+                names[field_path] = name_span
+            index = counts.get(name, 0)
+            if plan.is_message:
+                container = getattr(msg, name)
+                for item in items:
+                    if not self.check_message(plan, item):
+                        continue
+                    sub_path = (*field_path, index)
+                    spans[sub_path] = whole if item is value else span(item[2], item[3])
+                    names[sub_path] = name_span
+                    self.fill(container.add(), item[1], sub_path)
+                    index += 1
+            else:
+                out = pending.get(name)
+                if out is None:
+                    out = pending[name] = []
+                for item in items:
+                    converted = self.convert(plan, item)
+                    if converted is _FAILED:
+                        continue
+                    sub_path = (*field_path, index)
+                    spans[sub_path] = whole if item is value else span(item, _end_of(item))
+                    names[sub_path] = name_span
+                    out.append(converted)
+                    index += 1
+            counts[name] = index
+        for name, values in pending.items():
+            getattr(msg, name).extend(values)
+
+    def check_message(self, plan: FieldPlan, value: Any) -> bool:
+        if value.__class__ is tuple and value[0] is MSG:
+            return True
+        first = _start_of(value)
+        self.error(
+            f"'{plan.name}' is a message ({plan.type_name}); expected '{{' but found "
+            f"{_describe(first)}",
+            first,
+            _end_of(value),
+            hint=f"write '{plan.name} {{ ... }}'",
+        )
+        return False
+
+    def convert(self, plan: FieldPlan, value: Any) -> Any:
+        if value.__class__ is tuple:  # a message where a scalar belongs
+            self.error(
+                f"'{plan.name}' takes a {plan.type_name} value, not a message block",
+                value[2],
+                value[3],
+            )
+            return _FAILED
+        try:
+            return plan.convert(value)  # type: ignore[misc]
+        except BadValue as err:
+            self.error(
+                f"invalid value for '{plan.name}' ({plan.type_name}): {err.message}",
+                _start_of(value),
+                _end_of(value),
+                err.hint,
+            )
+            return _FAILED
+
+    def unknown_field(self, descriptor: Descriptor, name_tok: Tok, siblings: list) -> None:
+        name = name_tok.value
+        self.error(
+            f"unknown field '{name}' in {descriptor.name}",
+            name_tok,
+            hint=unknown_field_hint(descriptor, name, siblings),
+        )
+
+
+_FAILED = object()
+
+
+def _describe(tok: Tok) -> str:
+    if tok.type == "$END":
+        return "the end of the file"
+    if tok.type == "STRING":
+        return f"the string {tok.value}"
+    if tok.type in ("NAME", "NUMBER"):
+        return f"'{tok.value}'"
+    return f"'{tok.value}'"
+
+
+# ---------------------------------------------------------------------------------------------
+# Hints for unknown fields
+
+# Fields that Caffe forks added to their caffe.proto (not in BVLC's): name -> where from.
+FORK_FIELDS = {
+    "bn_param": "the BN layer of the SegNet and PSPNet (yjxiong/hszhao) Caffe forks",
+    "interp_param": "the Interp layer of the DeepLab and PSPNet Caffe forks",
+    "upsample_param": "the Upsample layer of the SegNet Caffe fork",
+    "dense_image_data_param": "the DenseImageData layer of the SegNet Caffe fork",
+    "sample_weights_test": "the Bayesian SegNet Caffe fork (Monte Carlo dropout)",
+    "permute_param": "the SSD Caffe fork (weiliu89/caffe, branch ssd)",
+    "prior_box_param": "the SSD Caffe fork (weiliu89/caffe, branch ssd)",
+    "detection_output_param": "the SSD Caffe fork (weiliu89/caffe, branch ssd)",
+    "detection_evaluate_param": "the SSD Caffe fork (weiliu89/caffe, branch ssd)",
+    "multibox_loss_param": "the SSD Caffe fork (weiliu89/caffe, branch ssd)",
+    "normalize_param": "the SSD Caffe fork (weiliu89/caffe, branch ssd)",
+    "annotated_data_param": "the SSD Caffe fork (weiliu89/caffe, branch ssd)",
+    "video_data_param": "the SSD Caffe fork (weiliu89/caffe, branch ssd)",
+    "resize_param": "the SSD Caffe fork's TransformationParameter",
+    "distort_param": "the SSD Caffe fork's TransformationParameter",
+    "expand_param": "the SSD Caffe fork's TransformationParameter",
+    "emit_constraint": "the SSD Caffe fork's TransformationParameter",
+    "noise_param": "the SSD Caffe fork's TransformationParameter",
+    "eval_type": "the SSD Caffe fork's SolverParameter",
+    "ap_version": "the SSD Caffe fork's SolverParameter",
+    "show_per_class_result": "the SSD Caffe fork's SolverParameter",
+    "roi_pooling_param": "the py-faster-rcnn Caffe fork (ROIPooling layer)",
+    "smooth_l1_loss_param": "the py-faster-rcnn Caffe fork (SmoothL1Loss layer)",
+    "proposal_param": "the PVANet Caffe fork (sanghoon/caffe, C++ Proposal layer)",
+    "hole": "the DeepLab-v1 Caffe fork; BVLC Caffe calls it 'dilation'",
+    "hole_h": "the DeepLab-v1 Caffe fork; BVLC Caffe calls it 'dilation'",
+    "hole_w": "the DeepLab-v1 Caffe fork; BVLC Caffe calls it 'dilation'",
+    "strict_dim": "the DeepLab-v1 Caffe fork",
+    "image_seg_data_param": "the DeepLab Caffe fork (ImageSegData layer)",
+    "mat_write_param": "the DeepLab Caffe fork (MatWrite layer)",
+    "seg_accuracy_param": "the DeepLab Caffe fork (SegAccuracy layer)",
+    "norm_param": "the SSD Caffe fork (Normalize layer)",
+    "image_data_modify_param": "the colorization Caffe fork (ImageDataModify layer)",
+    "reorg_param": "YOLO Caffe forks (Reorg layer)",
+    "region_param": "YOLO Caffe forks (Region layer)",
+    "shuffle_channel_param": "ShuffleNet Caffe forks (ShuffleChannel layer)",
+}
+
+# V1 `type:` enum values that only forks define.
+FORK_ENUM_VALUES = {
+    "IMAGE_SEG_DATA": "the DeepLab-v1 Caffe fork",
+    "INTERP": "the DeepLab-v1 Caffe fork",
+    "MAT_WRITE": "the DeepLab-v1 Caffe fork",
+    "PADDING": "the DeepLab-v1 Caffe fork",
+    "SEG_ACCURACY": "the DeepLab-v1 Caffe fork",
+    "UNIQUE_LABEL": "the DeepLab-v1 Caffe fork",
+    "CROP": "the FCN-era 'future' Caffe branch (auto-offset Crop; BVLC has Crop only in V2 "
+    "format: type: \"Crop\")",
+}
+
+_CAMEL = re.compile(r"(?<=[a-z0-9])(?=[A-Z])")
+
+
+def _param_for_type(layer_type: str) -> str:
+    """'InnerProduct' or V1 'INNER_PRODUCT' -> 'inner_product_param'."""
+    return _CAMEL.sub("_", layer_type).lower() + "_param"
+
+
+def unknown_field_hint(descriptor: Descriptor, name: str, siblings: list) -> str | None:
+    """Did-you-mean, the sub-message the field belongs in, or the fork that defines it."""
+    if name in FORK_FIELDS:
+        return f"'{name}' is from {FORK_FIELDS[name]}; it is not in BVLC caffe.proto"
+    homes = [
+        fd.name
+        for fd in descriptor.fields
+        if fd.type == FieldDescriptor.TYPE_MESSAGE and name in fd.message_type.fields_by_name
+    ]
+    if homes:
+        layer_type = next(
+            (
+                v.value.strip("\"'") if v.__class__ is Tok else _unquote(v)
+                for n, _, v in siblings
+                if n.value == "type" and v.__class__ in (Tok, list)
+            ),
+            None,
+        )
+        if layer_type is not None and _param_for_type(layer_type) in homes:
+            home = _param_for_type(layer_type)
+            return f"'{name}' belongs in {home}: write '{home} {{ {name}: ... }}'"
+        shown = " or ".join(homes[:4]) + (" ..." if len(homes) > 4 else "")
+        return f"'{name}' is not a field of {descriptor.name}; it belongs in {shown}"
+    return suggestion_hint(name, descriptor.fields_by_name)
+
+
+# ---------------------------------------------------------------------------------------------
+# Syntax errors
+
+_CLOSERS = {"{": "}", "<": ">", "[": "]"}
+_TOKEN_WORDS = {
+    "NAME": "a name",
+    "NUMBER": "a number",
+    "STRING": "a string",
+    "COLON": "':'",
+    "LBRACE": "'{'",
+    "RBRACE": "'}'",
+    "LANGLE": "'<'",
+    "RANGLE": "'>'",
+    "LBRACKET": "'['",
+    "RBRACKET": "']'",
+    "COMMA": "','",
+    "SEMICOLON": "';'",
+    "$END": "the end of the file",
+}
+
+
+def _expected_words(expected: set[str]) -> str:
+    if {"NUMBER", "STRING", "LBRACE"} <= expected:
+        words = ["a value"]
+    elif "NAME" in expected and "NUMBER" not in expected:
+        words = ["a field name"]
+        words += [_TOKEN_WORDS[t] for t in sorted(expected) if t in ("RBRACE", "RANGLE")]
+        if "$END" in expected:
+            words.append("the end of the file")
+    else:
+        words = [_TOKEN_WORDS.get(t, t) for t in sorted(expected)]
+    return ", ".join(words[:-1]) + (" or " if len(words) > 1 else "") + words[-1]
+
+
+def _lex_error(err: LexError, source: SourceFile) -> Diagnostic:
+    text, pos = err.text, err.pos
+    char = text[pos]
+    line_end = text.find("\n", pos)
+    line_end = len(text) if line_end < 0 else line_end
+    at = Span(source, err.line, err.column, err.line, err.column + 1)
+    if char in "\"'":
+        whole = Span(source, err.line, err.column, err.line, err.column + line_end - pos)
+        return Diagnostic(
+            "error",
+            "unterminated string",
+            whole,
+            f"close it with {char} on the same line (a string cannot span lines)",
+        )
+    hint = None
+    if char == "$":
+        hint = "this looks like a template placeholder (${...}); substitute it before parsing"
+    elif text.startswith(("//", "/*"), pos):
+        hint = "prototxt comments start with '#'"
+    elif char == "=":
+        hint = "separate a field name from its value with ':'"
+    elif char == "\ufeff":
+        hint = "a byte-order mark in the middle of the file; remove it"
+    if char.isprintable():
+        message = f"unexpected character '{char}'"
+    else:
+        message = f"unexpected character U+{ord(char):04X}"
+        hint = hint or "control characters are not allowed outside strings (is this a text file?)"
+    return Diagnostic("error", message, at, hint)
+
+
+def _syntax_error(err: UnexpectedToken, text: str, source: SourceFile) -> Diagnostic:
+    tok = err.token
+    end = tok.type == "$END"
+    before = [t for t in tokenize(text) if end or t.start_pos < tok.start_pos]
+    stack: list[Tok] = []
+    for t in before:
+        if t.value in _CLOSERS:
+            stack.append(t)
+        elif stack and t.value == _CLOSERS.get(stack[-1].value):
+            stack.pop()
+    prev = before[-1] if before else None
+    prev2 = before[-2] if len(before) > 1 else None
+
+    def at(t: Tok) -> Span:
+        return Span(source, t.line, t.column, t.line, t.column + max(len(t.value), 1))
+
+    def missing_value(colon: Tok, name: Tok | None) -> Diagnostic:
+        what = f" for '{name.value}'" if name is not None and name.type == "NAME" else ""
+        return Diagnostic(
+            "error", f"missing value{what} after ':'", at(colon), "write a value after ':'"
+        )
+
+    if prev is not None and prev.type == "COLON" and tok.type in ("RBRACE", "RANGLE", "$END"):
+        return missing_value(prev, prev2)
+    if (
+        tok.type == "COLON"
+        and prev is not None
+        and prev.type == "NAME"
+        and prev2 is not None
+        and prev2.type == "COLON"
+    ):
+        name = before[-3] if len(before) > 2 else None
+        return missing_value(prev2, name)
+    if end and stack:
+        opener = stack[-1]
+        return Diagnostic(
+            "error",
+            f"unterminated '{opener.value}': the file ends before its closing "
+            f"'{_CLOSERS[opener.value]}'",
+            at(opener),
+            f"add the missing '{_CLOSERS[opener.value]}' (this is the innermost block left open)",
+        )
+    if tok.type in ("RBRACE", "RANGLE", "RBRACKET"):
+        if not stack:
+            return Diagnostic(
+                "error",
+                f"unmatched '{tok.value}'",
+                at(tok),
+                "remove it, or look above for a block closed twice",
+            )
+        opener = stack[-1]
+        if _CLOSERS[opener.value] != tok.value:
+            return Diagnostic(
+                "error",
+                f"'{tok.value}' does not close the '{opener.value}' opened at line "
+                f"{opener.line}, column {opener.column}",
+                at(tok),
+                f"close it with '{_CLOSERS[opener.value]}'",
+            )
+    expected = set(err.expected)
+    message = f"unexpected {_describe(tok)}; expected {_expected_words(expected)}"
+    hint = None
+    if "NAME" in expected and tok.type in ("NUMBER", "STRING") and "NUMBER" not in expected:
+        hint = (
+            "a non-repeated field takes one value; a repeated field is written once per value "
+            "('dim: 1 dim: 3') or as a list ('dim: [1, 3]')"
+        )
+    elif expected <= {"COMMA", "RBRACKET"}:
+        hint = "separate list items with ','"
+    return Diagnostic("error", message, at(tok), hint)
+
+
+# ---------------------------------------------------------------------------------------------
+# Entry point
+
+
+def _caffe_pb2() -> Any:
+    from protocaffe.proto import caffe_pb2
+
+    return caffe_pb2
+
+
+def message_class(message_type: type[Message] | str) -> type[Message]:
+    """'net', 'solver', a caffe_pb2 message name, or a message class -> the class."""
+    if isinstance(message_type, str):
+        name = {"net": "NetParameter", "solver": "SolverParameter"}.get(message_type, message_type)
+        return getattr(_caffe_pb2(), name)
+    return message_type
+
+
+def detect_message_type(tree: list) -> type[Message]:
+    """NetParameter or SolverParameter, judged from the top-level field names."""
+    pb2 = _caffe_pb2()
+    net = pb2.NetParameter.DESCRIPTOR.fields_by_name
+    solver = pb2.SolverParameter.DESCRIPTOR.fields_by_name
+    names = {f[0].value for f in tree}
+    solver_votes = sum(1 for n in names if n in solver and n not in net)
+    net_votes = sum(1 for n in names if n in net and n not in solver)
+    return pb2.SolverParameter if solver_votes > net_votes else pb2.NetParameter
+
+
+def parse_text(
+    text: str,
+    path: str = "<string>",
+    message_type: type[Message] | str | None = None,
+    source: SourceFile | None = None,
+) -> ParsedFile:
+    """Parse prototxt `text` into a message (NetParameter or SolverParameter unless forced).
+
+    Raises CompileError with every problem found: the first syntax error, or all the schema
+    errors (unknown fields, bad values, duplicates) of a file that parses.
+    """
+    source = source or SourceFile(path, text)
+    try:
+        tree = parse_tree(text)
+    except LexError as err:
+        raise CompileError([_lex_error(err, source)]) from None
+    except UnexpectedToken as err:
+        raise CompileError([_syntax_error(err, text, source)]) from None
+    except UnexpectedInput as err:  # not raised by this grammar and lexer; kept as a backstop
+        span = Span(source, err.line, err.column, err.line, err.column + 1)
+        raise CompileError([Diagnostic("error", "syntax error", span)]) from None
+    cls = message_class(message_type) if message_type is not None else detect_message_type(tree)
+    msg = cls()
+    builder = _Builder(source)
+    builder.fill(msg, tree, ())
+    builder.diags.check()
+    return ParsedFile(msg, builder.source_map, source, list(builder.diags))

@@ -1,0 +1,117 @@
+"""`protocaffe.load` and `protocaffe.compile`: a prototxt (and weights) to a runnable module."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+_DTYPES = {
+    "float32": "float32",
+    "float": "float32",
+    "fp32": "float32",
+    "float16": "float16",
+    "half": "float16",
+    "fp16": "float16",
+    "bfloat16": "bfloat16",
+    "bf16": "bfloat16",
+    "float64": "float64",
+    "double": "float64",
+}
+
+
+def compile_net(
+    prototxt: str | Path,
+    *,
+    phase: str | int = "TEST",
+    stages: Iterable[str] = (),
+    level: int | None = None,
+    input_shapes: Mapping[str, Sequence[int]] | None = None,
+) -> Any:
+    """Parse, upgrade, filter and shape-check a net: its Graph, or CompileError."""
+    from protocaffe.frontend import load_net
+    from protocaffe.ir.build import build_graph
+
+    shapes = {k: tuple(v) for k, v in (input_shapes or {}).items()}
+    return build_graph(
+        load_net(str(prototxt)), phase=phase, stages=stages, level=level, input_shapes=shapes
+    )
+
+
+def resolve_device(device: Any) -> Any:
+    """ "auto" is CUDA when available, else CPU; anything else is passed to torch.device."""
+    import torch
+
+    if device is None or device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def resolve_dtype(dtype: Any) -> Any:
+    import torch
+
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    name = _DTYPES.get(str(dtype).lower().removeprefix("torch."))
+    if name is None:
+        raise ValueError(f"unknown dtype {dtype!r} (use one of float32, float16, bfloat16)")
+    return getattr(torch, name)
+
+
+def load(
+    prototxt: str | Path,
+    weights: str | Path | None = None,
+    *,
+    device: Any = "auto",
+    dtype: Any = "float32",
+    channels_last: bool = False,
+    compile: bool = False,
+    phase: str | int = "TEST",
+    stages: Iterable[str] = (),
+    level: int | None = None,
+    input_shapes: Mapping[str, Sequence[int]] | None = None,
+    outputs: Sequence[str] | None = None,
+    seed: int | None = None,
+    allow_missing: bool = False,
+) -> Any:
+    """A Caffe net as a CaffeModule (an nn.Module; in eval() mode for TEST).
+
+    Blobs come from `weights` (a binary .caffemodel) when given, otherwise from the layers'
+    fillers, seeded by `seed`. With `allow_missing`, layers the weights file lacks keep
+    their filler values and layers the net lacks are skipped (see `module.weights_report`).
+    `outputs` names extra blobs to return. `compile=True` applies torch.compile in place.
+    """
+    import warnings
+
+    from protocaffe.lower.builder import fill_blobs, lower_graph
+    from protocaffe.runtime.caffemodel import load_caffemodel
+
+    graph = compile_net(
+        prototxt, phase=phase, stages=stages, level=level, input_shapes=input_shapes
+    )
+    module = lower_graph(
+        graph,
+        device=resolve_device(device),
+        dtype=resolve_dtype(dtype),
+        seed=seed,
+        outputs=outputs,
+        init=weights is None,
+    )
+    module.weights_report = None
+    if weights is not None:
+        report = load_caffemodel(module, weights, allow_missing=allow_missing)
+        if report.missing:
+            fill_blobs(module, report.missing, seed=seed)
+        for d in report.diagnostics:
+            warnings.warn(d.render(), stacklevel=2)
+        module.weights_report = report
+    if channels_last:
+        import torch
+
+        module.to(memory_format=torch.channels_last)
+    if compile:
+        module.compile()
+    return module
+
+
+compile = compile_net  # `protocaffe.compile(path)`; `load`'s `compile` flag shadows it there

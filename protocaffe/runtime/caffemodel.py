@@ -1,0 +1,557 @@
+"""Reading and writing binary .caffemodel files (a serialized caffe.NetParameter).
+
+Weights files are large (VGG16 is ~550 MB), so neither direction builds a NetParameter holding
+the data. Reading walks the protobuf wire format over an mmap of the file, parsing only each
+layer's name, type and blobs (shape and where the packed data lies), then reads every blob's
+bytes straight from the file into its parameter's memory: peak memory is the parameters plus
+a small staging buffer. Writing streams one blob at a time in Caffe's own layout (what
+`Net::ToProto` serializes: each layer's full definition with its phase, then its blobs).
+
+Matching follows Caffe's `CopyTrainedLayersFrom`: by layer name, blob count and shape checked
+(a legacy num/channels/height/width shape matches a target of at most 4 axes padded with
+leading 1s, like `Blob::ShapeEquals`). Unlike Caffe, a net layer with blobs that the file lacks,
+and a file layer with blobs that the net lacks, are errors unless `allow_missing=True`.
+"""
+
+from __future__ import annotations
+
+import mmap
+import sys
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from protocaffe.diagnostics import CompileError, Diagnostic, Diagnostics, suggestion_hint
+from protocaffe.layers.base import count, shape_str
+
+_STAGING = 1 << 22  # elements per chunk when converting dtype or device while reading
+
+# Wire types.
+_VARINT, _I64, _LEN, _I32 = 0, 1, 2, 5
+# Field numbers (caffe.proto).
+_NET_NAME, _NET_LAYERS_V1, _NET_LAYER = 1, 2, 100
+_LAYER_NAME, _LAYER_TYPE, _LAYER_BLOBS = 1, 2, 7
+_V1_V0LAYER, _V1_NAME, _V1_TYPE, _V1_BLOBS = 1, 4, 5, 6
+_V0_NAME, _V0_TYPE, _V0_BLOBS = 1, 2, 50
+_BLOB_NUM, _BLOB_CHANNELS, _BLOB_HEIGHT, _BLOB_WIDTH = 1, 2, 3, 4
+_BLOB_DATA, _BLOB_SHAPE, _BLOB_DOUBLE_DATA = 5, 7, 8
+
+
+class WireError(ValueError):
+    """The bytes are not a well-formed protobuf message."""
+
+
+@dataclass
+class BlobRecord:
+    """One BlobProto of a weights file: its shape and where its values lie in the file."""
+
+    shape: tuple[int, ...] | None = None  # BlobShape, when given
+    legacy: tuple[int, int, int, int] | None = None  # num/channels/height/width, when any set
+    dtype: str = "<f4"  # "<f8" for double_data
+    segments: list[tuple[int, int]] = field(default_factory=list)  # (byte offset, count)
+
+    @property
+    def size(self) -> int:
+        return sum(n for _, n in self.segments)
+
+    @property
+    def shape_text(self) -> str:
+        if self.legacy is not None and self.shape is None:
+            return shape_str(self.legacy)
+        return shape_str(self.shape or ())
+
+    def matches(self, target: Sequence[int]) -> bool:
+        """Caffe's Blob::ShapeEquals(BlobProto)."""
+        if self.legacy is not None:
+            if len(target) > 4:
+                return False
+            padded = (1,) * (4 - len(target)) + tuple(target)
+            return padded == self.legacy
+        return tuple(self.shape or ()) == tuple(target)
+
+
+@dataclass
+class LayerRecord:
+    name: str
+    type: str
+    blobs: list[BlobRecord]
+
+
+@dataclass
+class WeightsFile:
+    path: str
+    name: str
+    layers: list[LayerRecord]
+    legacy_layers: bool  # V1 `layers` (or V0) rather than V2 `layer`
+
+
+# ---------------------------------------------------------------------------------- reading
+
+
+def _varint(buf: Any, pos: int) -> tuple[int, int]:
+    result = shift = 0
+    while True:
+        if pos >= len(buf):
+            raise WireError("truncated varint")
+        b = buf[pos]
+        pos += 1
+        result |= (b & 0x7F) << shift
+        if b < 0x80:
+            return result, pos
+        shift += 7
+        if shift > 63:
+            raise WireError("varint too long")
+
+
+def _fields(buf: Any, start: int, end: int) -> Iterator[tuple[int, int, int, int]]:
+    """(field number, wire type, value start, value end or varint value) over [start, end)."""
+    pos = start
+    while pos < end:
+        key, pos = _varint(buf, pos)
+        number, wire = key >> 3, key & 7
+        if wire == _VARINT:
+            value, pos = _varint(buf, pos)
+            yield number, wire, pos, value
+        elif wire == _LEN:
+            length, pos = _varint(buf, pos)
+            if pos + length > end:
+                raise WireError(f"field {number} runs past the end of its message")
+            yield number, wire, pos, pos + length
+            pos += length
+        elif wire in (_I64, _I32):
+            width = 8 if wire == _I64 else 4
+            yield number, wire, pos, pos + width
+            pos += width
+        else:
+            raise WireError(f"unsupported wire type {wire} (field {number})")
+    if pos != end:
+        raise WireError("message overruns its length")
+
+
+def _text(buf: Any, start: int, end: int) -> str:
+    return bytes(buf[start:end]).decode("utf-8", errors="replace")
+
+
+def _blob(buf: Any, start: int, end: int) -> BlobRecord:
+    rec = BlobRecord()
+    legacy: dict[int, int] = {}
+    for number, wire, a, b in _fields(buf, start, end):
+        if number in (_BLOB_DATA, _BLOB_DOUBLE_DATA):
+            width, dtype = (4, "<f4") if number == _BLOB_DATA else (8, "<f8")
+            if rec.segments and rec.dtype != dtype:
+                continue  # Caffe prefers double_data; both present never happens in practice
+            rec.dtype = dtype
+            if wire == _LEN:  # packed
+                if (b - a) % width:
+                    raise WireError("packed blob data length is not a multiple of its width")
+                rec.segments.append((a, (b - a) // width))
+            else:
+                rec.segments.append((a, 1))
+        elif number == _BLOB_SHAPE and wire == _LEN:
+            dims: list[int] = []
+            for n2, w2, a2, b2 in _fields(buf, a, b):
+                if n2 != 1:
+                    continue
+                if w2 == _LEN:
+                    p = a2
+                    while p < b2:
+                        d, p = _varint(buf, p)
+                        dims.append(d)
+                else:
+                    dims.append(b2)
+            rec.shape = tuple(dims)
+        elif number in (_BLOB_NUM, _BLOB_CHANNELS, _BLOB_HEIGHT, _BLOB_WIDTH) and wire == _VARINT:
+            legacy[number] = b
+    if legacy:
+        rec.legacy = tuple(legacy.get(n, 0) for n in range(1, 5))  # type: ignore[assignment]
+    return rec
+
+
+def _layer(buf: Any, start: int, end: int, v1: bool) -> LayerRecord:
+    name_f, type_f, blobs_f = (
+        (_V1_NAME, _V1_TYPE, _V1_BLOBS) if v1 else (_LAYER_NAME, _LAYER_TYPE, _LAYER_BLOBS)
+    )
+    name, type_name, blobs = "", "", []
+    for number, wire, a, b in _fields(buf, start, end):
+        if number == name_f and wire == _LEN:
+            name = _text(buf, a, b)
+        elif number == type_f:
+            type_name = _v1_type(b) if v1 and wire == _VARINT else _text(buf, a, b)
+        elif number == blobs_f and wire == _LEN:
+            blobs.append(_blob(buf, a, b))
+        elif v1 and number == _V1_V0LAYER and wire == _LEN:
+            v0 = _v0_layer(buf, a, b)
+            name, type_name, blobs = v0.name or name, v0.type or type_name, v0.blobs or blobs
+    return LayerRecord(name, type_name, blobs)
+
+
+def _v0_layer(buf: Any, start: int, end: int) -> LayerRecord:
+    rec = LayerRecord("", "", [])
+    for number, wire, a, b in _fields(buf, start, end):
+        if wire != _LEN:
+            continue
+        if number == _V0_NAME:
+            rec.name = _text(buf, a, b)
+        elif number == _V0_TYPE:
+            rec.type = _text(buf, a, b)
+        elif number == _V0_BLOBS:
+            rec.blobs.append(_blob(buf, a, b))
+    return rec
+
+
+def _v1_type(value: int) -> str:
+    from protocaffe.proto import caffe_pb2
+
+    try:
+        return caffe_pb2.V1LayerParameter.LayerType.Name(value)
+    except ValueError:
+        return f"V1 type {value}"
+
+
+def read_index(path: str | Path) -> WeightsFile:
+    """Every layer's name, type and blob records, without reading the blob data."""
+    path = str(path)
+    try:
+        with open(path, "rb") as f:
+            size = f.seek(0, 2)
+            if size == 0:
+                raise CompileError([Diagnostic("error", f"{path}: the weights file is empty")])
+            with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
+                return _index(mm, path)
+    except OSError as err:
+        raise CompileError(
+            [Diagnostic("error", f"cannot read weights file {path}: {err.strerror or err}")]
+        ) from None
+    except WireError as err:
+        raise CompileError(
+            [
+                Diagnostic(
+                    "error",
+                    f"{path}: not a binary caffemodel (caffe.NetParameter): {err}",
+                    hint="is it a text prototxt, an HDF5 snapshot or a truncated download?",
+                )
+            ]
+        ) from None
+
+
+def _index(buf: Any, path: str) -> WeightsFile:
+    net = WeightsFile(path, "", [], False)
+    for number, wire, a, b in _fields(buf, 0, len(buf)):
+        if wire != _LEN:
+            continue
+        if number == _NET_NAME:
+            net.name = _text(buf, a, b)
+        elif number == _NET_LAYER:
+            net.layers.append(_layer(buf, a, b, v1=False))
+        elif number == _NET_LAYERS_V1:
+            net.layers.append(_layer(buf, a, b, v1=True))
+            net.legacy_layers = True
+    return net
+
+
+def _read_into(f: Any, blob: BlobRecord, target: Any) -> None:
+    """Fill tensor `target` with the blob's values, reading straight from the file."""
+    import numpy as np
+    import torch
+
+    flat = target.detach().view(-1)
+    direct = (
+        flat.device.type == "cpu"
+        and flat.dtype == (torch.float32 if blob.dtype == "<f4" else torch.float64)
+        and sys.byteorder == "little"
+    )
+    pos = 0
+    for offset, n in blob.segments:
+        f.seek(offset)
+        if direct:
+            view = memoryview(flat[pos : pos + n].numpy()).cast("B")
+            if f.readinto(view) != view.nbytes:
+                raise CompileError([Diagnostic("error", f"{f.name}: unexpected end of file")])
+        else:
+            width = np.dtype(blob.dtype).itemsize
+            for start in range(0, n, _STAGING):
+                m = min(_STAGING, n - start)
+                chunk = np.frombuffer(f.read(m * width), dtype=blob.dtype)
+                if chunk.size != m:
+                    raise CompileError([Diagnostic("error", f"{f.name}: unexpected end of file")])
+                flat[pos + start : pos + start + m].copy_(torch.from_numpy(chunk.copy()))
+        pos += n
+
+
+@dataclass
+class LoadReport:
+    """What a weights load did: layers loaded, net layers left to fillers, file layers unused."""
+
+    loaded: list[str] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)
+    unused: list[str] = field(default_factory=list)
+    diagnostics: list[Diagnostic] = field(default_factory=list)
+
+
+def load_caffemodel(module: Any, path: str | Path, *, allow_missing: bool = False) -> LoadReport:
+    """Copy a .caffemodel's blobs into a CaffeModule's layers, matched by layer name.
+
+    Every mismatch is reported at once and nothing is copied when any is an error. With
+    `allow_missing`, net layers the file lacks keep their current values and file layers the
+    net lacks are skipped; both become warnings in the report.
+    """
+    import torch
+
+    weights = read_index(path)
+    path = str(path)
+    by_name: dict[str, list[Any]] = {}
+    for layer in module._layer_attrs:
+        by_name.setdefault(layer.name, []).append(layer)
+    report = LoadReport()
+    diags = Diagnostics()
+    plan: list[tuple[BlobRecord, Any]] = []
+    seen: set[str] = set()
+    for rec in weights.layers:
+        targets = by_name.get(rec.name)
+        if not targets:
+            if rec.blobs:
+                report.unused.append(rec.name)
+            continue
+        seen.add(rec.name)
+        for layer in targets:
+            plan.extend(_check_layer(rec, layer, module, path, diags))
+    report.missing = [name for name in by_name if name not in seen]
+    severity = "warning" if allow_missing else "error"
+    for name in report.missing:
+        layer = by_name[name][0]
+        shapes = ", ".join(shape_str(s.shape) for s in layer.blob_specs)
+        diags.add(
+            Diagnostic(
+                severity,
+                f"{layer.type} '{name}' has no weights in {path} (blobs {shapes})",
+                layer.span,
+                hint=suggestion_hint(name, [r.name for r in weights.layers if r.blobs])
+                or (
+                    "pass allow_missing=True to keep its filler values"
+                    if not allow_missing
+                    else None
+                ),
+            )
+        )
+    if report.unused:
+        names = ", ".join(f"'{n}'" for n in report.unused[:10])
+        more = f" and {len(report.unused) - 10} more" if len(report.unused) > 10 else ""
+        diags.add(
+            Diagnostic(
+                severity,
+                f"{path} has weights for {len(report.unused)} layer(s) not in this net: "
+                f"{names}{more}",
+                hint="pass allow_missing=True to ignore them" if not allow_missing else None,
+            )
+        )
+    diags.check()
+    with open(path, "rb") as f, torch.no_grad():
+        for blob, target in plan:
+            _read_into(f, blob, target)
+    report.loaded = sorted(seen)
+    report.diagnostics = diags.items
+    return report
+
+
+def _check_layer(
+    rec: LayerRecord, layer: Any, module: Any, path: str, diags: Diagnostics
+) -> list[tuple[BlobRecord, Any]]:
+    specs = layer.blob_specs
+    if len(rec.blobs) != len(specs):
+        diags.error(
+            f"incompatible number of blobs for layer '{rec.name}': {path} has "
+            f"{len(rec.blobs)}, the net's {layer.type} layer has {len(specs)}",
+            layer.span,
+        )
+        return []
+    plan = []
+    for j, (blob, spec) in enumerate(zip(rec.blobs, specs, strict=True)):
+        if not blob.matches(spec.shape):
+            diags.error(
+                f"cannot copy param {j} ({spec.name}) weights from layer '{rec.name}'; shape "
+                f"mismatch. Source param shape is {blob.shape_text}; target param shape is "
+                f"{shape_str(spec.shape)}",
+                layer.span,
+                hint="to learn this layer's parameters from scratch rather than copying "
+                "them from the weights file, rename the layer",
+            )
+        elif blob.size != count(spec.shape):
+            diags.error(
+                f"blob {j} of layer '{rec.name}' in {path} holds {blob.size} values for "
+                f"shape {shape_str(spec.shape)} ({count(spec.shape)} values)",
+                layer.span,
+            )
+        else:
+            plan.append((blob, module.blob_tensor(layer, spec.name)))
+    return plan
+
+
+# ---------------------------------------------------------------------------------- writing
+
+
+def _key(number: int, wire: int) -> bytes:
+    return _uvarint(number << 3 | wire)
+
+
+def _uvarint(value: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte = value & 0x7F
+        value >>= 7
+        if value:
+            out.append(byte | 0x80)
+        else:
+            out.append(byte)
+            return bytes(out)
+
+
+def _len_field(number: int, payload_len: int) -> bytes:
+    return _key(number, _LEN) + _uvarint(payload_len)
+
+
+def _blob_parts(data: Any, shape: Sequence[int]) -> list[Any]:
+    """The pieces of one BlobProto field (data then shape, protobuf's field order)."""
+    raw = memoryview(data).cast("B")
+    parts: list[Any] = [_len_field(_BLOB_DATA, raw.nbytes), raw] if raw.nbytes else []
+    if shape:  # Caffe's Blob::ToProto adds no BlobShape at all for a 0-axis blob
+        dims = b"".join(_uvarint(d) for d in shape)
+        dim_field = _len_field(1, len(dims)) + dims
+        parts += [_len_field(_BLOB_SHAPE, len(dim_field)), dim_field]
+    size = sum(len(p) if isinstance(p, bytes) else p.nbytes for p in parts)
+    return [_len_field(_LAYER_BLOBS, size), *parts]
+
+
+def _layer_bytes(layer: Any, phase: int) -> tuple[bytes, bytes]:
+    """The layer's definition serialized without blobs, split where the blobs field goes."""
+    from protocaffe.proto import caffe_pb2
+
+    msg = caffe_pb2.LayerParameter()
+    msg.CopyFrom(layer.proto)
+    msg.ClearField("blobs")
+    if not msg.HasField("phase"):
+        msg.phase = phase  # Net::Init gives every layer the net's phase
+    raw = msg.SerializeToString(deterministic=True)
+    pos = 0
+    while pos < len(raw) and _varint(raw, pos)[0] >> 3 <= _LAYER_BLOBS:
+        pos = _next_field_start(raw, pos)
+    return raw[:pos], raw[pos:]
+
+
+def _next_field_start(raw: bytes, pos: int) -> int:
+    key, pos = _varint(raw, pos)
+    wire = key & 7
+    if wire == _VARINT:
+        return _varint(raw, pos)[1]
+    if wire == _LEN:
+        length, pos = _varint(raw, pos)
+        return pos + length
+    return pos + (8 if wire == _I64 else 4)
+
+
+def _float32_array(tensor: Any) -> Any:
+    import numpy as np
+    import torch
+
+    t = torch.as_tensor(tensor).detach()
+    if t.dtype != torch.float32 or t.device.type != "cpu":
+        t = t.to("cpu", torch.float32)
+    return np.ascontiguousarray(t.numpy(), dtype="<f4")
+
+
+def save_caffemodel(
+    source: Any, path: str | Path, blobs: Mapping[str, Sequence[Any]] | None = None
+) -> None:
+    """Write a .caffemodel as Caffe's Net::ToProto would: net name, then every layer of the
+    net (its definition with the phase set, then its blobs as shape + float data).
+
+    `source` is a CaffeModule, or a Graph with `blobs` giving each layer's arrays by layer
+    name (Caffe order). Caffe's automatically inserted Split layers are not written (they
+    have no blobs and Caffe re-creates them when it loads a net).
+    """
+    if blobs is None:
+        graph = source.caffe_graph
+
+        def arrays_of(layer: Any) -> list[Any]:
+            if layer not in source._layer_attrs:
+                return []
+            return [source.blob_tensor(layer, s.name) for s in layer.blob_specs]
+
+    else:
+        graph = source
+
+        def arrays_of(layer: Any) -> list[Any]:
+            return list(blobs.get(layer.name, ()))
+
+    path = Path(path)
+    tmp = path.with_name(path.name + ".part")
+    with open(tmp, "wb") as f:
+        name = graph.net.name.encode()
+        f.write(_len_field(_NET_NAME, len(name)) + name)
+        for layer in graph.layers:
+            head, tail = _layer_bytes(layer, graph.phase)
+            parts: list[Any] = [head]
+            arrays = arrays_of(layer)
+            if arrays and len(arrays) != len(layer.blob_specs):
+                raise CompileError(
+                    [
+                        Diagnostic(
+                            "error",
+                            f"layer '{layer.name}' has {len(layer.blob_specs)} blobs, "
+                            f"given {len(arrays)}",
+                            layer.span,
+                        )
+                    ]
+                )
+            for spec, array in zip(layer.blob_specs, arrays, strict=True):
+                parts += _blob_parts(_float32_array(array), spec.shape)
+            parts.append(tail)
+            size = sum(len(p) if isinstance(p, bytes) else p.nbytes for p in parts)
+            f.write(_len_field(_NET_LAYER, size))
+            for part in parts:
+                f.write(part)
+    tmp.replace(path)
+
+
+def assign_blobs(module: Any, blobs: Mapping[str, Sequence[Any]]) -> None:
+    """Copy arrays into layers' stored blobs: `{"conv1": [weight, bias]}` (Caffe order).
+
+    Shapes must equal the BlobSpec shapes; every problem is reported at once.
+    """
+    import torch
+
+    layers: dict[str, Any] = {}
+    for layer in module._layer_attrs:
+        layers.setdefault(layer.name, layer)
+    diags = Diagnostics()
+    plan = []
+    for name, arrays in blobs.items():
+        layer = layers.get(name)
+        if layer is None:
+            diags.error(
+                f"the net has no layer named '{name}' with stored blobs",
+                hint=suggestion_hint(name, layers),
+            )
+            continue
+        if len(arrays) != len(layer.blob_specs):
+            diags.error(
+                f"incompatible number of blobs for layer '{name}': given {len(arrays)}, "
+                f"the {layer.type} layer has {len(layer.blob_specs)}",
+                layer.span,
+            )
+            continue
+        for spec, array in zip(layer.blob_specs, arrays, strict=True):
+            tensor = torch.as_tensor(array)
+            if tuple(tensor.shape) != tuple(spec.shape):
+                diags.error(
+                    f"cannot copy blob '{spec.name}' of layer '{name}': shape mismatch. "
+                    f"Source shape is {shape_str(tuple(tensor.shape))}; target shape is "
+                    f"{shape_str(spec.shape)}",
+                    layer.span,
+                )
+            else:
+                plan.append((module.blob_tensor(layer, spec.name), tensor))
+    diags.check()
+    with torch.no_grad():
+        for target, tensor in plan:
+            target.copy_(tensor)

@@ -1,0 +1,107 @@
+"""Forward timing, like `caffe time` without the backward pass: whole-net and per-layer.
+
+Whole-net times call the module as users do (compiled or not). Per-layer times replay the
+module's fx graph node by node with `torch.fx.Interpreter` and charge each node to the Caffe
+layer recorded in `node.meta["caffe_layer"]` by the lowering; on CUDA every node is followed by
+a synchronise, so kernels are charged to the layer that launched them.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass
+class Stats:
+    """Seconds per run: all samples, their median and minimum."""
+
+    samples: list[float]
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.samples) if self.samples else 0.0
+
+    @property
+    def min(self) -> float:
+        return min(self.samples) if self.samples else 0.0
+
+
+def synchronizer(device: Any) -> Callable[[], None]:
+    """A no-op on CPU; `torch.cuda.synchronize` for CUDA devices."""
+    import torch
+
+    if torch.device(device).type == "cuda":
+        return torch.cuda.synchronize
+    return lambda: None
+
+
+def time_calls(fn: Callable[[], Any], iterations: int, warmup: int, device: Any = "cpu") -> Stats:
+    """Run `fn` `warmup` times untimed, then time `iterations` synchronised calls."""
+    sync = synchronizer(device)
+    for _ in range(warmup):
+        fn()
+    sync()
+    samples = []
+    for _ in range(iterations):
+        start = time.perf_counter()
+        fn()
+        sync()
+        samples.append(time.perf_counter() - start)
+    return Stats(samples)
+
+
+@dataclass
+class LayerTime:
+    name: str  # Caffe layer name
+    type: str
+    top_shapes: list[tuple[int, ...]]
+    stats: Stats
+
+
+def layer_times(
+    module: Any, inputs: dict[str, Any], iterations: int, warmup: int, device: Any = "cpu"
+) -> list[LayerTime]:
+    """Per-layer forward times of a CaffeModule, in network order.
+
+    Nodes that the lowering did not tag with a Caffe layer (input lookups, parameter reads)
+    cost next to nothing and are left out. Layers that emit no node (Input, Silence) are
+    listed with zero time so that the table follows the prototxt.
+    """
+    import torch
+    from torch import fx
+
+    sync = synchronizer(device)
+
+    class Timer(fx.Interpreter):
+        def __init__(self) -> None:
+            super().__init__(module, garbage_collect_values=True)
+            self.spent: dict[str, float] = {}
+
+        def run_node(self, n: fx.Node) -> Any:
+            layer = n.meta.get("caffe_layer") if n.op.startswith("call_") else None
+            if layer is None:
+                return super().run_node(n)
+            start = time.perf_counter()
+            result = super().run_node(n)
+            sync()
+            self.spent[layer] = self.spent.get(layer, 0.0) + time.perf_counter() - start
+            return result
+
+    runs: list[dict[str, float]] = []
+    with torch.no_grad():
+        for i in range(warmup + iterations):
+            timer = Timer()
+            sync()
+            timer.run(inputs)
+            if i >= warmup:
+                runs.append(timer.spent)
+    out = []
+    for layer in module.caffe_graph.layers:
+        samples = [run.get(layer.name, 0.0) for run in runs]
+        shapes = [v.shape for v in layer.outputs]
+        out.append(LayerTime(layer.name, layer.type, shapes, Stats(samples)))
+    return out
