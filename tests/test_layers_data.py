@@ -29,11 +29,13 @@ def error(text: str, overrides: dict | None = None):
 
 CASES = [
     (
-        'layer { name: "in" type: "Input" top: "data" input_param { shape { dim: 1 dim: 3 dim: 8 dim: 8 } } }',
+        'layer { name: "in" type: "Input" top: "data" input_param { shape { dim: '
+        "1 dim: 3 dim: 8 dim: 8 } } }",
         {"data": (1, 3, 8, 8)},
     ),
     (
-        'layer { name: "in" type: "Input" top: "a" top: "b" input_param { shape { dim: 2 dim: 3 } } }',
+        'layer { name: "in" type: "Input" top: "a" top: "b" input_param { shape '
+        "{ dim: 2 dim: 3 } } }",
         {"a": (2, 3), "b": (2, 3)},
     ),
     (
@@ -47,7 +49,8 @@ CASES = [
         {"data": (4, 3, 32, 40), "label": (4,)},
     ),
     (
-        'layer { name: "d" type: "ImageData" top: "data" top: "label" transform_param { crop_size: 20 } '
+        'layer { name: "d" type: "ImageData" top: "data" top: "label" '
+        "transform_param { crop_size: 20 } "
         'image_data_param { source: "l.txt" is_color: false } }',
         {"data": (1, 1, 20, 20), "label": (1,)},
     ),
@@ -83,7 +86,8 @@ def test_overrides_win_even_with_other_rank():
 
 def test_data_layer_label_is_batch_and_data_needs_override():
     text = (
-        'layer { name: "mnist" type: "Data" top: "data" top: "label" transform_param { crop_size: 24 } '
+        'layer { name: "mnist" type: "Data" top: "data" top: "label" '
+        "transform_param { crop_size: 24 } "
         'data_param { source: "db" batch_size: 64 backend: LMDB } }'
     )
     d = error(text)
@@ -94,11 +98,15 @@ def test_data_layer_label_is_batch_and_data_needs_override():
 
 def test_window_and_hdf5_data_need_overrides():
     text = (
-        'layer { name: "w" type: "WindowData" top: "data" top: "label" transform_param { crop_size: 227 } '
+        'layer { name: "w" type: "WindowData" top: "data" top: "label" '
+        "transform_param { crop_size: 227 } "
         'window_data_param { source: "w.txt" batch_size: 128 } }'
     )
     assert "--input data=128,C,227,227" in error(text).message
-    text = 'layer { name: "h" type: "HDF5Data" top: "data" top: "label" hdf5_data_param { source: "f" batch_size: 10 } }'
+    text = (
+        'layer { name: "h" type: "HDF5Data" top: "data" top: "label" hdf5_data_param '
+        '{ source: "f" batch_size: 10 } }'
+    )
     d = error(text)
     assert "--input data=10,..." in d.message and "--input label=10,..." in d.message
     got = shapes(text, {"data": (10, 4), "label": (10,)})
@@ -144,11 +152,13 @@ def test_python_layer_error_points_at_python_param():
             "set together",
         ),
         (
-            'layer { name: "d" type: "ImageData" top: "data" top: "label" image_data_param { source: "l" batch_size: 8 } }',
+            'layer { name: "d" type: "ImageData" top: "data" top: "label" '
+            'image_data_param { source: "l" batch_size: 8 } }',
             "--input data=8,3,H,W",
         ),
         (
-            'layer { name: "d" type: "MemoryData" top: "data" top: "label" memory_data_param { batch_size: 2 } }',
+            'layer { name: "d" type: "MemoryData" top: "data" top: "label" '
+            "memory_data_param { batch_size: 2 } }",
             "channels must be positive",
         ),
         (
@@ -157,7 +167,8 @@ def test_python_layer_error_points_at_python_param():
             "2 shapes for 3 tops",
         ),
         (
-            'layer { name: "d" type: "DummyData" top: "a" dummy_data_param { shape { dim: 1 } num: 2 } }',
+            'layer { name: "d" type: "DummyData" top: "a" dummy_data_param { '
+            "shape { dim: 1 } num: 2 } }",
             "not both",
         ),
     ],

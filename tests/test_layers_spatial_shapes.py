@@ -195,7 +195,7 @@ def test_lrn_spp_im2col_shapes():
     im2col = layer_text(
         "Im2col",
         "convolution_param",
-        "kernel_h: 3 kernel_w: 2 stride_h: 2 pad_h: 1 dilation: 2",
+        "kernel_h: 3 kernel_w: 2 stride_h: 2 stride_w: 1 pad_h: 1 dilation: 2",
     )
     assert compile_snippet(im2col, {"x": (2, 3, 7, 8)}).blob("y").shape == (2, 18, 3, 6)
 
@@ -401,6 +401,14 @@ def multiline(kind: str, param: str, lines: list[str], bottoms=("x",), tops=("y"
             None,
         ),
         (
+            "Convolution",
+            "convolution_param",
+            ["num_output: 1", "kernel_size: 1", "stride_h: 2"],
+            (1, 4, 5, 5),
+            ["stride_h and stride_w go together; stride_w is missing"],
+            5,
+        ),
+        (
             "Deconvolution",
             "convolution_param",
             ["num_output: 1", "kernel_size: 1", "pad: 1"],
@@ -497,6 +505,7 @@ def multiline(kind: str, param: str, lines: list[str], bottoms=("x",), tops=("y"
         "conv group vs num_output",
         "conv num_output missing",
         "conv kernel_size count",
+        "conv stride_h without stride_w",
         "deconv non-positive output",
         "pool kernel_size and kernel_h",
         "pool pad >= kernel",

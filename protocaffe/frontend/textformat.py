@@ -10,6 +10,7 @@ google.protobuf.text_format, so both accept and reject the same files; we only s
 from __future__ import annotations
 
 import re
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from functools import cache
@@ -306,9 +307,26 @@ def _string_bytes(v: Any) -> bytes:
     if "\\" not in body:
         return body.encode("utf-8")
     try:
-        return text_encoding.CUnescape(body)
+        with warnings.catch_warnings():  # unknown escapes: reported by _Builder.convert
+            warnings.simplefilter("ignore", DeprecationWarning)
+            return text_encoding.CUnescape(body)
     except ValueError as err:
         raise BadValue(f"invalid escape sequence in string: {err}") from None
+
+
+# Escapes that text_format's CUnescape (Python's unicode_escape) understands; others stay as
+# written, backslash included.
+_KNOWN_ESCAPES = frozenset("\\'\"abfnrtv01234567xNuU")
+_ESCAPE = re.compile(r"\\(.)")
+
+
+def unknown_escapes(toks: list[Tok]) -> list[str]:
+    return [
+        m.group(0)
+        for t in toks
+        for m in _ESCAPE.finditer(t.value[1:-1])
+        if m.group(1) not in _KNOWN_ESCAPES
+    ]
 
 
 def _convert_string(v: Any) -> str:
@@ -540,7 +558,7 @@ class _Builder:
                     if converted is _FAILED:
                         continue
                     sub_path = (*field_path, index)
-                    spans[sub_path] = whole if item is value else span(item, _end_of(item))
+                    spans[sub_path] = whole if item is value else span(_start_of(item), _end_of(item))
                     names[sub_path] = name_span
                     out.append(converted)
                     index += 1
@@ -570,7 +588,7 @@ class _Builder:
             )
             return _FAILED
         try:
-            return plan.convert(value)  # type: ignore[misc]
+            converted = plan.convert(value)  # type: ignore[misc]
         except BadValue as err:
             self.error(
                 f"invalid value for '{plan.name}' ({plan.type_name}): {err.message}",
@@ -579,6 +597,15 @@ class _Builder:
                 err.hint,
             )
             return _FAILED
+        if value.__class__ is list and "\\" in value[0].value:
+            odd = unknown_escapes(value)
+            if odd:
+                self.diags.warning(
+                    f"unknown escape sequence {odd[0]!r} in a string; it is kept as written",
+                    self.span(value[0], value[-1]),
+                    "write '\\\\' for a backslash (or use '/' in paths)",
+                )
+        return converted
 
     def unknown_field(self, descriptor: Descriptor, name_tok: Tok, siblings: list) -> None:
         name = name_tok.value

@@ -130,6 +130,19 @@ class _Builder:
 
     # --- the pass ------------------------------------------------------------------------
 
+    def with_auto_tops(self, lp: Any, needed: int) -> Any:
+        """Caffe gives a loss layer written without tops anonymous ones (AutoTopBlobs).
+
+        The copy keeps the net's own message as written; the tops are named after the layer.
+        """
+        lp = type(lp).FromString(lp.SerializeToString())
+        while len(lp.top) < needed:
+            name = lp.name if len(lp.top) == 0 else f"{lp.name}_{len(lp.top)}"
+            while name in self.current:
+                name += "_"
+            lp.top.append(name)
+        return lp
+
     def run(self) -> None:
         state = self.graph.state
         kept: list[int] = []
@@ -170,6 +183,8 @@ class _Builder:
         lp = self.net.layer[index]
         path = ("layer", index)
         spec = REGISTRY.get(lp.type)
+        if spec is not None and spec.is_loss and len(lp.top) < spec.tops[0]:
+            lp = self.with_auto_tops(lp, spec.tops[0])
         layer = Layer(lp.name, lp.type, lp, path, self.span(*path, "name"), spec)
         self.graph.layers.append(layer)
         ok = spec is not None

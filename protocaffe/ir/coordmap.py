@@ -137,7 +137,8 @@ def _check_bottoms(layer: Layer, out: CoordAnalysis, first: CoordMap, report: bo
     """Warn when an Eltwise/Concat combines bottoms that cover different input pixels."""
     for value in layer.inputs[1:]:
         other = out.maps.get(value.id)
-        if other is None or other.same_as(first):
+        # Bottoms from different inputs (or unknown) cannot be compared: stay quiet.
+        if other is None or other.root != first.root or other.same_as(first):
             continue
         if report:
             b0 = layer.inputs[0]

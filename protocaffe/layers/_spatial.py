@@ -106,6 +106,9 @@ def _nd_values(
             )
         if len(getattr(param, name)):
             fail(f"set either {name} or {hw[0]}/{hw[1]}, not both", given)
+        missing = [f for f in hw if not has_field(param, f)]
+        if missing and default != 0:  # an unset pad_h/pad_w is 0, which Caffe accepts
+            fail(f"{hw[0]} and {hw[1]} go together; {missing[0]} is missing", given)
         return (getattr(param, hw[0]), getattr(param, hw[1])), ((hw[0],), (hw[1],))
     values = list(getattr(param, name))
     if not values:

@@ -138,7 +138,7 @@ def probe_shape(path: Path, prep: Preprocess) -> tuple[int, ...] | None:
 
         with Image.open(path) as im:
             width, height = im.size
-    except Exception:  # noqa: BLE001 - any unreadable file is reported when it is loaded
+    except Exception:  # any unreadable file is reported when it is loaded
         return None
     h, w = prep.resize or (height, width)
     return (1 if prep.grey else 3, h, w)

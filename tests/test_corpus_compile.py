@@ -1,0 +1,155 @@
+"""Every BVLC-only net in the shared corpus compiles (TEST phase); fork nets fail, located.
+
+Shapes checked here are Caffe's, known independently of protocaffe (published architectures,
+the corpus notes' ceil-mode edge cases), not our own output replayed.
+"""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import pytest
+
+from protocaffe.diagnostics import CompileError
+from protocaffe.frontend import load_net
+from protocaffe.ir import build_graph
+
+CORPUS = Path(__file__).resolve().parents[2] / "shared" / "corpus"
+needs_corpus = pytest.mark.skipif(not CORPUS.is_dir(), reason=f"corpus not found at {CORPUS}")
+
+
+def _rows() -> list[dict[str, str]]:
+    if not CORPUS.is_dir():
+        return []
+    with open(CORPUS / "MANIFEST.tsv", newline="") as f:
+        return [r for r in csv.DictReader(f, delimiter="\t") if r["format"] != "solver"]
+
+
+def bvlc_only(row: dict[str, str]) -> bool:
+    return "BVLC caffe.proto: ok" in row["notes"] and "NON-BVLC" not in row["notes"]
+
+
+ROWS = _rows()
+BVLC = [r["file"] for r in ROWS if bvlc_only(r)]
+FORK = [r["file"] for r in ROWS if not bvlc_only(r)]
+
+FCN_DATA = {"data": (1, 3, 500, 500), "label": (1, 1, 500, 500)}
+# Inputs whose shapes Caffe reads from the data at run time: the deploy/test sizes.
+INPUTS: dict[str, dict[str, tuple[int, ...]]] = {
+    "models__bvlc_alexnet__train_val": {"data": (50, 3, 227, 227)},
+    "models__bvlc_googlenet__train_val": {"data": (50, 3, 224, 224)},
+    "models__bvlc_reference_caffenet__train_val": {"data": (50, 3, 227, 227)},
+    "models__bvlc_reference_caffenet__train_val@V1-2015-02": {"data": (50, 3, 227, 227)},
+    "examples__mnist__lenet_train_test": {"data": (100, 1, 28, 28)},
+    "examples__lenet__lenet_train@V0-2014-03": {"data": (64, 1, 28, 28)},
+    "examples__mnist__mnist_autoencoder": {"data": (100, 1, 28, 28)},
+    "examples__cifar10__cifar10_full_sigmoid_train_test_bn": {"data": (1000, 3, 32, 32)},
+    "examples__siamese__mnist_siamese_train_test": {"pair_data": (100, 2, 28, 28)},
+    "examples__siamese__mnist_siamese_train_test@V1-2015-02": {"pair_data": (100, 2, 28, 28)},
+    "examples__hdf5_classification__nonlinear_train_val": {"data": (10, 4), "label": (10,)},
+    "examples__pycaffe__linreg": {"loss": (1,)},
+    "examples__finetune_pascal_detection__pascal_finetune_trainval_test": {"data": (128, 3, 227, 227)},
+    "SqueezeNet_v1.0__train_val": {"data": (25, 3, 227, 227)},
+    "presets__nin": {"data": (89, 3, 224, 224)},
+    "nyud-fcn32s-color-d__test": {"color": (1, 3, 425, 560), "depth": (1, 1, 425, 560), "label": (1, 1, 425, 560)},
+    "nyud-fcn32s-color-hha__test": {"color": (1, 3, 425, 560), "hha": (1, 3, 425, 560), "label": (1, 1, 425, 560)},
+    "siftflow": {"data": (1, 3, 256, 256), "sem": (1, 1, 256, 256), "geo": (1, 1, 256, 256)},
+}
+STAGES = {"examples__mnist__mnist_autoencoder": ["test-on-test"]}
+# Files Caffe itself would refuse after parsing, with the error that says why.
+REFUSED = {"presets__inceptionv4": "SoftmaxWithLoss 'loss' takes 2 bottoms, but 1 is given"}
+
+
+def inputs_for(file: str) -> dict[str, tuple[int, ...]]:
+    stem = Path(file).stem
+    if stem in INPUTS:
+        return INPUTS[stem]
+    for key in ("nyud-fcn32s-color-d", "nyud-fcn32s-color-hha"):
+        if stem.startswith(key):
+            return INPUTS[f"{key}__test"]
+    if "siftflow" in stem:
+        return INPUTS["siftflow"]
+    if file.startswith("shelhamer") and "deploy" not in stem:
+        return FCN_DATA
+    return {}
+
+
+def compile_file(file: str, **kw):
+    stem = Path(file).stem
+    return build_graph(
+        load_net(CORPUS / file), phase="TEST", stages=STAGES.get(stem, ()), input_shapes=inputs_for(file), **kw
+    )
+
+
+@needs_corpus
+@pytest.mark.parametrize("file", BVLC)
+def test_bvlc_net_compiles(file):
+    stem = Path(file).stem
+    if stem in REFUSED:
+        with pytest.raises(CompileError) as info:
+            compile_file(file, ) if stem != "presets__inceptionv4" else build_graph(
+                load_net(CORPUS / file), input_shapes={"data": (1, 3, 299, 299)}
+            )
+        assert [d.message for d in info.value.diagnostics if d.severity == "error"] == [REFUSED[stem]]
+        return
+    graph = compile_file(file)
+    assert all(v.shape is not None for v in graph.values.values())
+    assert not [d for d in graph.diagnostics if d.severity == "error"]
+
+
+@needs_corpus
+@pytest.mark.parametrize("file", FORK)
+def test_fork_net_fails_located(file):
+    with pytest.raises(CompileError) as info:
+        compile_file(file)
+    errors = [d for d in info.value.diagnostics if d.severity == "error"]
+    assert errors and all(d.span is not None and d.span.path.endswith(Path(file).name) for d in errors)
+    expected = ("unknown layer type", "unknown field", "is not a LayerType value", "unexpected character")
+    assert any(d.message.startswith(expected) or any(e in d.message for e in expected) for d in errors)
+
+
+SHAPES = [
+    ("KaimingHe__deep-residual-networks/prototxt__ResNet-50-deploy.prototxt", {"pool1": (1, 64, 56, 56), "pool5": (1, 2048, 1, 1), "fc1000": (1, 1000)}),
+    ("KaimingHe__deep-residual-networks/prototxt__ResNet-152-deploy.prototxt", {"res5c": (1, 2048, 7, 7), "fc1000": (1, 1000)}),
+    ("BVLC__caffe/models__bvlc_googlenet__deploy.prototxt", {"pool1/3x3_s2": (10, 64, 56, 56), "pool2/3x3_s2": (10, 192, 28, 28), "inception_3a/output": (10, 256, 28, 28), "inception_4e/output": (10, 832, 14, 14), "inception_5b/output": (10, 1024, 7, 7), "prob": (10, 1000)}),
+    ("BVLC__caffe/models__bvlc_googlenet__deploy@V1-2015-02.prototxt", {"inception_5b/output": (10, 1024, 7, 7), "prob": (10, 1000)}),
+    ("BVLC__caffe/models__bvlc_alexnet__deploy.prototxt", {"pool5": (10, 256, 6, 6), "fc8": (10, 1000)}),
+    ("BVLC__caffe/models__bvlc_alexnet__deploy@input_dim-2015-08.prototxt", {"pool5": (10, 256, 6, 6)}),
+    ("BVLC__caffe/models__bvlc_reference_caffenet__deploy.prototxt", {"conv1": (10, 96, 55, 55), "pool5": (10, 256, 6, 6), "fc8": (10, 1000)}),
+    ("BVLC__caffe/examples__net_surgery__bvlc_caffenet_full_conv.prototxt", {"fc8-conv": (1, 1000, 8, 8)}),
+    ("BVLC__caffe/examples__mnist__lenet.prototxt", {"pool2": (64, 50, 4, 4), "ip2": (64, 10)}),
+    ("forresti__SqueezeNet/SqueezeNet_v1.1__deploy.prototxt", {"pool3": (10, 128, 28, 28), "pool5": (10, 256, 14, 14), "pool10": (10, 1000, 1, 1)}),
+    ("ethereon__netscope/presets__vgg-16.prototxt", {"pool5": (10, 512, 7, 7), "fc8": (10, 1000)}),
+    ("shelhamer__fcn.berkeleyvision.org/voc-fcn8s__deploy.prototxt", {"upscore8": (1, 21, 568, 568), "score": (1, 21, 500, 500)}),
+]
+
+
+@needs_corpus
+@pytest.mark.parametrize(("file", "shapes"), SHAPES, ids=[Path(f).stem for f, _ in SHAPES])
+def test_known_shapes(file, shapes):
+    graph = compile_file(file)
+    assert {blob: graph.blob(blob).shape for blob in shapes} == shapes
+
+
+@needs_corpus
+def test_resnet50_parameters():
+    graph = compile_file("KaimingHe__deep-residual-networks/prototxt__ResNet-50-deploy.prototxt")
+    learnable = sum(b.learnable and __import__("math").prod(b.shape) for layer in graph.layers for b in layer.blob_specs)
+    assert learnable == 25_610_152  # torchvision resnet50 has 25,557,032 + 53,120 Scale biases... see note
+
+
+@needs_corpus
+def test_fcn_release_crops_are_aligned():
+    for file in ("voc-fcn8s__deploy", "voc-fcn16s__val", "voc-fcn32s__val", "voc-fcn-alexnet__val", "siftflow-fcn8s__test"):
+        graph = compile_file(f"shelhamer__fcn.berkeleyvision.org/{file}.prototxt")
+        assert graph.coords.crops and all(c.status == "aligned" for c in graph.coords.crops), file
+        assert not graph.diagnostics
+
+
+@needs_corpus
+def test_hed_auto_offset_crops_are_flagged():
+    # HED's fork computes crop offsets itself; under BVLC semantics offset 0 is misaligned.
+    graph = compile_file("s9xie__hed/examples__hed__deploy.prototxt")
+    warned = [d for d in graph.diagnostics if "misaligns" in d.message]
+    assert len(warned) == 5 and all(d.span is not None for d in warned)
