@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+
 from protocaffe.frontend import parse_text
 from protocaffe.ir.build import build_graph
 from protocaffe.ir.graph import Graph
@@ -27,3 +28,40 @@ def compile_snippet(text: str, inputs: Mapping[str, tuple[int, ...]], phase: str
     parsed.message = net
     parsed.source_map = parsed.source_map.remap(mapping)
     return build_graph(parsed, phase=phase)
+
+
+def run_snippet(
+    text: str,
+    inputs: Mapping[str, object],
+    blobs: Mapping[str, list[object]] | None = None,
+    seed: int = 0,
+    phase: str = "TEST",
+    outputs: list[str] | None = None,
+    dtype: object = None,
+) -> dict[str, object]:
+    """Compile `text` against `inputs` (numpy arrays by blob name), lower it and run it on CPU.
+
+    `blobs` sets layers' stored blobs by layer name, in Caffe order (`{"conv1": [w, b]}`);
+    other blobs come from their fillers seeded with `seed`. Returns the net's outputs, plus
+    any blobs named in `outputs`, as numpy arrays. `dtype` defaults to torch.float32; use
+    torch.float64 for oracle comparisons (floating inputs are cast to it).
+    """
+    import numpy as np
+    import torch
+
+    from protocaffe.lower.builder import lower_graph
+    from protocaffe.runtime.caffemodel import assign_blobs
+
+    arrays = {name: np.asarray(a) for name, a in inputs.items()}
+    graph = compile_snippet(text, {name: a.shape for name, a in arrays.items()}, phase=phase)
+    dtype = dtype or torch.float32
+    module = lower_graph(graph, dtype=dtype, seed=seed, outputs=outputs)
+    if blobs:
+        assign_blobs(module, blobs)
+    feed = {}
+    for name, a in arrays.items():
+        t = torch.from_numpy(np.ascontiguousarray(a))
+        feed[name] = t.to(dtype) if t.is_floating_point() else t
+    with torch.no_grad():
+        result = module(feed)
+    return {name: t.detach().cpu().numpy() for name, t in result.items()}

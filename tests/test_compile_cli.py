@@ -41,14 +41,14 @@ def test_table_has_rows_totals_and_crops(capsys):
 
 
 def test_in_place_tops_are_not_counted_twice(capsys):
-    code, out, _ = run(capsys, FCN8S, "--json")
+    _, out, _ = run(capsys, FCN8S, "--json")
     layers = {e["name"]: e for e in json.loads(out)["layers"]}
     assert layers["relu1_1"]["activation_bytes"] == 0
     assert layers["conv1_1"]["activation_bytes"] == 4 * 64 * 698 * 698
 
 
 def test_json_report(capsys):
-    code, out, err = run(capsys, FCN8S, "--input", "data=1,3,375,500", "--json")
+    code, out, _ = run(capsys, FCN8S, "--input", "data=1,3,375,500", "--json")
     assert code == 0
     doc = json.loads(out)
     assert doc["schema_version"] == 1 and doc["ok"] is True
@@ -57,7 +57,9 @@ def test_json_report(capsys):
     assert doc["totals"]["params"] == 134_489_759
     assert doc["totals"]["activation_bytes"] == sum(e["activation_bytes"] for e in doc["layers"])
     assert [(c["layer"], c["aligned_offset"], c["status"]) for c in doc["crops"]] == [
-        ("score_pool4c", 5, "aligned"), ("score_pool3c", 9, "aligned"), ("score", 31, "aligned")
+        ("score_pool4c", 5, "aligned"),
+        ("score_pool3c", 9, "aligned"),
+        ("score", 31, "aligned"),
     ]
     fc6 = next(e for e in doc["layers"] if e["name"] == "fc6")
     assert fc6["top_shapes"] == [[1, 4096, 12, 16]]
@@ -76,7 +78,8 @@ def test_warnings_go_to_stderr_and_exit_zero(capsys, tmp_path):
 def test_errors_exit_one_and_are_all_reported(capsys, tmp_path):
     bad = tmp_path / "net.prototxt"
     bad.write_text(
-        'layer { name: "data" type: "Input" top: "data" input_param { shape { dim: 1 dim: 3 dim: 8 dim: 8 } } }\n'
+        'layer { name: "data" type: "Input" top: "data" '
+        "input_param { shape { dim: 1 dim: 3 dim: 8 dim: 8 } } }\n"
         'layer { name: "a" type: "ReLU" bottom: "dat" top: "a" }\n'
         'layer { name: "b" type: "Interp" bottom: "data" top: "b" }\n'
     )
@@ -86,7 +89,10 @@ def test_errors_exit_one_and_are_all_reported(capsys, tmp_path):
     code, out, err = run(capsys, str(bad), "--json")
     doc = json.loads(out)
     assert code == 1 and doc["ok"] is False and len(doc["diagnostics"]) == 2
-    assert doc["diagnostics"][0]["line"] == 2 and doc["diagnostics"][0]["hint"] == "did you mean 'data'?"
+    assert (
+        doc["diagnostics"][0]["line"] == 2
+        and doc["diagnostics"][0]["hint"] == "did you mean 'data'?"
+    )
 
 
 def test_bad_usage_exits_two(capsys):

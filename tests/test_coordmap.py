@@ -25,7 +25,8 @@ def pool(name: str, bottom: str, k: int = 2, s: int = 2) -> str:
 
 def crop(name: str, b0: str, b1: str, offset: int | None) -> str:
     param = f"crop_param {{ axis: 2 offset: {offset} }}" if offset is not None else ""
-    return f'layer {{ name: "{name}" type: "Crop" bottom: "{b0}" bottom: "{b1}" top: "{name}" {param} }}\n'
+    head = f'layer {{ name: "{name}" type: "Crop" bottom: "{b0}" bottom: "{b1}" top: "{name}"'
+    return f"{head} {param} }}\n"
 
 
 DATA = {"data": (1, 2, 32, 32)}

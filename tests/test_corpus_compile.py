@@ -14,6 +14,7 @@ import pytest
 from protocaffe.diagnostics import CompileError
 from protocaffe.frontend import load_net
 from protocaffe.ir import build_graph
+from protocaffe.layers.base import count
 
 CORPUS = Path(__file__).resolve().parents[2] / "shared" / "corpus"
 needs_corpus = pytest.mark.skipif(not CORPUS.is_dir(), reason=f"corpus not found at {CORPUS}")
@@ -49,16 +50,27 @@ INPUTS: dict[str, dict[str, tuple[int, ...]]] = {
     "examples__siamese__mnist_siamese_train_test@V1-2015-02": {"pair_data": (100, 2, 28, 28)},
     "examples__hdf5_classification__nonlinear_train_val": {"data": (10, 4), "label": (10,)},
     "examples__pycaffe__linreg": {"loss": (1,)},
-    "examples__finetune_pascal_detection__pascal_finetune_trainval_test": {"data": (128, 3, 227, 227)},
+    "examples__finetune_pascal_detection__pascal_finetune_trainval_test": {
+        "data": (128, 3, 227, 227)
+    },
     "SqueezeNet_v1.0__train_val": {"data": (25, 3, 227, 227)},
     "presets__nin": {"data": (89, 3, 224, 224)},
-    "nyud-fcn32s-color-d__test": {"color": (1, 3, 425, 560), "depth": (1, 1, 425, 560), "label": (1, 1, 425, 560)},
-    "nyud-fcn32s-color-hha__test": {"color": (1, 3, 425, 560), "hha": (1, 3, 425, 560), "label": (1, 1, 425, 560)},
+    "nyud-fcn32s-color-d__test": {
+        "color": (1, 3, 425, 560),
+        "depth": (1, 1, 425, 560),
+        "label": (1, 1, 425, 560),
+    },
+    "nyud-fcn32s-color-hha__test": {
+        "color": (1, 3, 425, 560),
+        "hha": (1, 3, 425, 560),
+        "label": (1, 1, 425, 560),
+    },
     "siftflow": {"data": (1, 3, 256, 256), "sem": (1, 1, 256, 256), "geo": (1, 1, 256, 256)},
 }
 STAGES = {"examples__mnist__mnist_autoencoder": ["test-on-test"]}
 # Files Caffe itself would refuse after parsing, with the error that says why.
 REFUSED = {"presets__inceptionv4": "SoftmaxWithLoss 'loss' takes 2 bottoms, but 1 is given"}
+INPUTS["presets__inceptionv4"] = {"data": (1, 3, 299, 299)}
 
 
 def inputs_for(file: str) -> dict[str, tuple[int, ...]]:
@@ -78,7 +90,11 @@ def inputs_for(file: str) -> dict[str, tuple[int, ...]]:
 def compile_file(file: str, **kw):
     stem = Path(file).stem
     return build_graph(
-        load_net(CORPUS / file), phase="TEST", stages=STAGES.get(stem, ()), input_shapes=inputs_for(file), **kw
+        load_net(CORPUS / file),
+        phase="TEST",
+        stages=STAGES.get(stem, ()),
+        input_shapes=inputs_for(file),
+        **kw,
     )
 
 
@@ -88,10 +104,10 @@ def test_bvlc_net_compiles(file):
     stem = Path(file).stem
     if stem in REFUSED:
         with pytest.raises(CompileError) as info:
-            compile_file(file, ) if stem != "presets__inceptionv4" else build_graph(
-                load_net(CORPUS / file), input_shapes={"data": (1, 3, 299, 299)}
-            )
-        assert [d.message for d in info.value.diagnostics if d.severity == "error"] == [REFUSED[stem]]
+            compile_file(file)
+        assert [d.message for d in info.value.diagnostics if d.severity == "error"] == [
+            REFUSED[stem]
+        ]
         return
     graph = compile_file(file)
     assert all(v.shape is not None for v in graph.values.values())
@@ -104,24 +120,70 @@ def test_fork_net_fails_located(file):
     with pytest.raises(CompileError) as info:
         compile_file(file)
     errors = [d for d in info.value.diagnostics if d.severity == "error"]
-    assert errors and all(d.span is not None and d.span.path.endswith(Path(file).name) for d in errors)
-    expected = ("unknown layer type", "unknown field", "is not a LayerType value", "unexpected character")
-    assert any(d.message.startswith(expected) or any(e in d.message for e in expected) for d in errors)
+    assert errors and all(
+        d.span is not None and d.span.path.endswith(Path(file).name) for d in errors
+    )
+    expected = (
+        "unknown layer type",
+        "unknown field",
+        "is not a LayerType value",
+        "unexpected character",
+    )
+    assert any(
+        d.message.startswith(expected) or any(e in d.message for e in expected) for d in errors
+    )
 
 
 SHAPES = [
-    ("KaimingHe__deep-residual-networks/prototxt__ResNet-50-deploy.prototxt", {"pool1": (1, 64, 56, 56), "pool5": (1, 2048, 1, 1), "fc1000": (1, 1000)}),
-    ("KaimingHe__deep-residual-networks/prototxt__ResNet-152-deploy.prototxt", {"res5c": (1, 2048, 7, 7), "fc1000": (1, 1000)}),
-    ("BVLC__caffe/models__bvlc_googlenet__deploy.prototxt", {"pool1/3x3_s2": (10, 64, 56, 56), "pool2/3x3_s2": (10, 192, 28, 28), "inception_3a/output": (10, 256, 28, 28), "inception_4e/output": (10, 832, 14, 14), "inception_5b/output": (10, 1024, 7, 7), "prob": (10, 1000)}),
-    ("BVLC__caffe/models__bvlc_googlenet__deploy@V1-2015-02.prototxt", {"inception_5b/output": (10, 1024, 7, 7), "prob": (10, 1000)}),
-    ("BVLC__caffe/models__bvlc_alexnet__deploy.prototxt", {"pool5": (10, 256, 6, 6), "fc8": (10, 1000)}),
-    ("BVLC__caffe/models__bvlc_alexnet__deploy@input_dim-2015-08.prototxt", {"pool5": (10, 256, 6, 6)}),
-    ("BVLC__caffe/models__bvlc_reference_caffenet__deploy.prototxt", {"conv1": (10, 96, 55, 55), "pool5": (10, 256, 6, 6), "fc8": (10, 1000)}),
-    ("BVLC__caffe/examples__net_surgery__bvlc_caffenet_full_conv.prototxt", {"fc8-conv": (1, 1000, 8, 8)}),
+    (
+        "KaimingHe__deep-residual-networks/prototxt__ResNet-50-deploy.prototxt",
+        {"pool1": (1, 64, 56, 56), "pool5": (1, 2048, 1, 1), "fc1000": (1, 1000)},
+    ),
+    (
+        "KaimingHe__deep-residual-networks/prototxt__ResNet-152-deploy.prototxt",
+        {"res5c": (1, 2048, 7, 7), "fc1000": (1, 1000)},
+    ),
+    (
+        "BVLC__caffe/models__bvlc_googlenet__deploy.prototxt",
+        {
+            "pool1/3x3_s2": (10, 64, 56, 56),
+            "pool2/3x3_s2": (10, 192, 28, 28),
+            "inception_3a/output": (10, 256, 28, 28),
+            "inception_4e/output": (10, 832, 14, 14),
+            "inception_5b/output": (10, 1024, 7, 7),
+            "prob": (10, 1000),
+        },
+    ),
+    (
+        "BVLC__caffe/models__bvlc_googlenet__deploy@V1-2015-02.prototxt",
+        {"inception_5b/output": (10, 1024, 7, 7), "prob": (10, 1000)},
+    ),
+    (
+        "BVLC__caffe/models__bvlc_alexnet__deploy.prototxt",
+        {"pool5": (10, 256, 6, 6), "fc8": (10, 1000)},
+    ),
+    (
+        "BVLC__caffe/models__bvlc_alexnet__deploy@input_dim-2015-08.prototxt",
+        {"pool5": (10, 256, 6, 6)},
+    ),
+    (
+        "BVLC__caffe/models__bvlc_reference_caffenet__deploy.prototxt",
+        {"conv1": (10, 96, 55, 55), "pool5": (10, 256, 6, 6), "fc8": (10, 1000)},
+    ),
+    (
+        "BVLC__caffe/examples__net_surgery__bvlc_caffenet_full_conv.prototxt",
+        {"fc8-conv": (1, 1000, 8, 8)},
+    ),
     ("BVLC__caffe/examples__mnist__lenet.prototxt", {"pool2": (64, 50, 4, 4), "ip2": (64, 10)}),
-    ("forresti__SqueezeNet/SqueezeNet_v1.1__deploy.prototxt", {"pool3": (10, 128, 28, 28), "pool5": (10, 256, 14, 14), "pool10": (10, 1000, 1, 1)}),
+    (
+        "forresti__SqueezeNet/SqueezeNet_v1.1__deploy.prototxt",
+        {"pool3": (10, 128, 28, 28), "pool5": (10, 256, 14, 14), "pool10": (10, 1000, 1, 1)},
+    ),
     ("ethereon__netscope/presets__vgg-16.prototxt", {"pool5": (10, 512, 7, 7), "fc8": (10, 1000)}),
-    ("shelhamer__fcn.berkeleyvision.org/voc-fcn8s__deploy.prototxt", {"upscore8": (1, 21, 568, 568), "score": (1, 21, 500, 500)}),
+    (
+        "shelhamer__fcn.berkeleyvision.org/voc-fcn8s__deploy.prototxt",
+        {"upscore8": (1, 21, 568, 568), "score": (1, 21, 500, 500)},
+    ),
 ]
 
 
@@ -135,13 +197,23 @@ def test_known_shapes(file, shapes):
 @needs_corpus
 def test_resnet50_parameters():
     graph = compile_file("KaimingHe__deep-residual-networks/prototxt__ResNet-50-deploy.prototxt")
-    learnable = sum(b.learnable and __import__("math").prod(b.shape) for layer in graph.layers for b in layer.blob_specs)
-    assert learnable == 25_610_152  # torchvision resnet50 has 25,557,032 + 53,120 Scale biases... see note
+    learnable = sum(
+        count(b.shape) for layer in graph.layers for b in layer.blob_specs if b.learnable
+    )
+    # torchvision's resnet50 has 25,557,032 (BN affine = Caffe's Scale layers); Caffe's conv1
+    # also has a bias (64). BatchNorm's mean/variance/factor are stored, not learnable.
+    assert learnable == 25_557_032 + 64
 
 
 @needs_corpus
 def test_fcn_release_crops_are_aligned():
-    for file in ("voc-fcn8s__deploy", "voc-fcn16s__val", "voc-fcn32s__val", "voc-fcn-alexnet__val", "siftflow-fcn8s__test"):
+    for file in (
+        "voc-fcn8s__deploy",
+        "voc-fcn16s__val",
+        "voc-fcn32s__val",
+        "voc-fcn-alexnet__val",
+        "siftflow-fcn8s__test",
+    ):
         graph = compile_file(f"shelhamer__fcn.berkeleyvision.org/{file}.prototxt")
         assert graph.coords.crops and all(c.status == "aligned" for c in graph.coords.crops), file
         assert not graph.diagnostics

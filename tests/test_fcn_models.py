@@ -30,8 +30,19 @@ def spatial(graph, blob: str) -> int:
 
 def test_fcn8s_shapes_at_500():
     g = compile_model("fcn8s")
-    sizes = {b: spatial(g, b) for b in ("pool1", "pool2", "pool3", "pool4", "pool5", "upscore_pool4", "upscore8")}
-    assert sizes == {"pool1": 349, "pool2": 175, "pool3": 88, "pool4": 44, "pool5": 22, "upscore_pool4": 70, "upscore8": 568}
+    sizes = {
+        b: spatial(g, b)
+        for b in ("pool1", "pool2", "pool3", "pool4", "pool5", "upscore_pool4", "upscore8")
+    }
+    assert sizes == {
+        "pool1": 349,
+        "pool2": 175,
+        "pool3": 88,
+        "pool4": 44,
+        "pool5": 22,
+        "upscore_pool4": 70,
+        "upscore8": 568,
+    }
     assert g.blob("fc6").shape == (1, 4096, 16, 16)
     assert g.blob("score_fr").shape == (1, 21, 16, 16)
     assert g.blob("upscore2").shape == (1, 21, 34, 34)
@@ -43,15 +54,27 @@ def test_fcn8s_parameters_and_macs():
     g = compile_model("fcn8s")
     params = sum(count(b.shape) for layer in g.layers for b in layer.blob_specs if b.learnable)
     assert params == 134_489_759
-    assert [sum(count(b.shape) for b in g.layer(n).blob_specs) for n in ("upscore2", "upscore_pool4", "upscore8")] == [7056, 7056, 112896]
+    assert [
+        sum(count(b.shape) for b in g.layer(n).blob_specs)
+        for n in ("upscore2", "upscore_pool4", "upscore8")
+    ] == [7056, 7056, 112896]
     assert sum(layer.macs for layer in g.layers) / 1e9 == pytest.approx(181.5, abs=0.05)
 
 
-@pytest.mark.parametrize(("name", "offsets"), [("fcn8s", {"score_pool4c": 5, "score_pool3c": 9, "score": 31}), ("fcn16s", {"score_pool4c": 5, "score": 27}), ("fcn32s", {"score": 19})])
+@pytest.mark.parametrize(
+    ("name", "offsets"),
+    [
+        ("fcn8s", {"score_pool4c": 5, "score_pool3c": 9, "score": 31}),
+        ("fcn16s", {"score_pool4c": 5, "score": 27}),
+        ("fcn32s", {"score": 19}),
+    ],
+)
 @pytest.mark.parametrize("hw", [(500, 500), (375, 500), (1, 1), (227, 341)])
 def test_crop_offsets_are_aligned_for_any_size(name, offsets, hw):
     g = compile_model(name, input_shapes={"data": (1, 3, *hw)})
-    assert {c.layer.name: (c.status, c.aligned) for c in g.coords.crops} == {k: ("aligned", v) for k, v in offsets.items()}
+    assert {c.layer.name: (c.status, c.aligned) for c in g.coords.crops} == {
+        k: ("aligned", v) for k, v in offsets.items()
+    }
     assert g.blob("score").shape == (1, 21, *hw)
     assert g.diagnostics == []
 
@@ -61,7 +84,10 @@ def test_broken_offset_warns_with_the_aligned_value():
     g = build_graph(parse_text(text, "fcn8s.prototxt"))
     (w,) = g.diagnostics
     assert w.severity == "warning"
-    assert w.message == "Crop 'score_pool3c': offset 10 misaligns 'score_pool3' with 'upscore_pool4'; the aligned offset is 9"
+    assert (
+        w.message == "Crop 'score_pool3c': offset 10 misaligns 'score_pool3' with 'upscore_pool4'; "
+        "the aligned offset is 9"
+    )
     line = next(i for i, t in enumerate(text.splitlines(), 1) if "offset: 10" in t)
     assert (w.span.line, w.span.col) == (line, text.splitlines()[line - 1].index("offset") + 1)
 
@@ -74,6 +100,11 @@ def test_eltwise_shape_mismatch_is_rendered_at_the_layer():
     (err,) = [d for d in info.value.diagnostics if d.severity == "error"]
     out = render(err)
     assert out.startswith("fcn8s.prototxt:")
-    assert "error: Eltwise 'fuse_pool4': bottom shapes differ: upscore2 1x21x34x34 vs score_pool4c 1x21x44x34" in out
+    assert (
+        "error: Eltwise 'fuse_pool4': bottom shapes differ: "
+        "upscore2 1x21x34x34 vs score_pool4c 1x21x44x34" in out
+    )
     assert "Crop" in err.hint
-    assert err.span.line == next(i for i, t in enumerate(text.splitlines(), 1) if '"fuse_pool4" type' in t)
+    assert err.span.line == next(
+        i for i, t in enumerate(text.splitlines(), 1) if '"fuse_pool4" type' in t
+    )

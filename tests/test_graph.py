@@ -10,7 +10,10 @@ from protocaffe.ir import build_graph
 from protocaffe.ir.state import TRAIN
 from protocaffe.testing import compile_snippet
 
-INPUT = 'layer { name: "data" type: "Input" top: "data" input_param { shape { dim: 1 dim: 3 dim: 8 dim: 8 } } }\n'
+INPUT = (
+    'layer { name: "data" type: "Input" top: "data" '
+    "input_param { shape { dim: 1 dim: 3 dim: 8 dim: 8 } } }\n"
+)
 
 
 def relu(name: str, bottom: str = "data", top: str | None = None, rules: str = "") -> str:
@@ -178,7 +181,10 @@ def test_all_errors_are_reported_without_cascades():
 
 
 def test_duplicate_layer_names():
-    conv = 'layer {{ name: "{}" type: "Convolution" bottom: "data" top: "{}" convolution_param {{ num_output: 2 kernel_size: 1 }} }}\n'
+    conv = (
+        'layer {{ name: "{}" type: "Convolution" bottom: "data" top: "{}" '
+        "convolution_param {{ num_output: 2 kernel_size: 1 }} }}\n"
+    )
     (err,) = errors(INPUT + conv.format("c", "c1") + conv.format("c", "c2"))
     assert "layer name 'c' is used by 2 layers" in err.message and err.span.line == 3
     # Without parameters nothing collides: a warning.

@@ -211,7 +211,7 @@ def test_convolution_random_configs(deconv):
 @pytest.mark.parametrize(
     ("shape", "geometry"),
     [
-        ((2, 3, 11), "kernel_size: 3 stride: 2 pad: 1 dilation: 2"),  # 1-D
+        ((2, 4, 11), "kernel_size: 3 stride: 2 pad: 1 dilation: 2"),  # 1-D
         ((1, 2, 5, 6, 4), "kernel_size: 3 kernel_size: 2 kernel_size: 2 stride: 2 pad: 1"),  # 3-D
     ],
     ids=["1d", "3d"],

@@ -323,6 +323,31 @@ def test_fcn8s_crop_offsets_macs_and_params():
     assert gmacs == pytest.approx(181.5, abs=0.1)
 
 
+def explain(text: str, inputs) -> list[str]:
+    graph = compile_snippet(text, inputs)
+    layer = graph.layer("l")
+    ctx = ShapeContext(layer, [v.shape for v in layer.inputs], graph.span_of, graph.phase)
+    return layer.spec.explain(ctx)
+
+
+def test_explain_formulas():
+    text = layer_text("Pooling", "pooling_param", "kernel_size: 2 stride: 2 pad: 1")
+    assert explain(text, {"x": (1, 1, 5, 6)}) == [
+        "height: ceil((5 + 2*1 - 2) / 2) + 1 = 4, clipped to 3: "
+        "the last window would start in the padding",
+        "width: ceil((6 + 2*1 - 2) / 2) + 1 = 4",
+    ]
+    body = "num_output: 1 kernel_size: 3 stride: 2 dilation: 2"
+    assert explain(layer_text("Convolution", "convolution_param", body), {"x": (1, 1, 9)}) == [
+        "spatial axis 0: (9 + 2*0 - (2*(3-1)+1)) // 2 + 1 = 3"
+    ]
+    body = "num_output: 1 kernel_size: 4 stride: 2 pad: 1"
+    assert explain(layer_text("Deconvolution", "convolution_param", body), {"x": (1, 1, 5, 7)}) == [
+        "height: 2*(5 - 1) + 4 - 2*1 = 10",
+        "width: 2*(7 - 1) + 4 - 2*1 = 14",
+    ]
+
+
 # --------------------------------------------------------------------------------------------
 # Errors: message names blobs and numbers; the span points at the offending field's line.
 

@@ -33,7 +33,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--phase", type=str.upper, choices=("TRAIN", "TEST"), help="default: TEST")
     p.add_argument("--stage", action="append", default=[], help="add a NetState stage (repeatable)")
     p.add_argument("--level", type=int, help="NetState level (default: the net's, else 0)")
-    p.add_argument("--json", action="store_true", help="print the report as JSON (schema_version 1)")
+    p.add_argument(
+        "--json", action="store_true", help="print the report as JSON (schema_version 1)"
+    )
     p.add_argument("--explain", metavar="LAYER", help="show how LAYER's top shapes were derived")
     p.add_argument(
         "--emit-python", metavar="OUT.py", help="also write the net as a standalone PyTorch module"
@@ -97,7 +99,8 @@ def run(args: argparse.Namespace) -> int:
         if layer is None:
             hint = explain_hint(graph, args.explain)
             raise UsageError(
-                f"--explain: no layer or blob named '{args.explain}'" + (f"; {hint}" if hint else "")
+                f"--explain: no layer or blob named '{args.explain}'"
+                + (f"; {hint}" if hint else "")
             )
         explained = explain_layer(graph, layer)
 

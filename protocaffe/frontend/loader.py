@@ -38,7 +38,7 @@ def _binary_kind(path: Path, data: bytes) -> str | None:
 
     try:
         net = caffe_pb2.NetParameter.FromString(data)
-    except Exception:  # noqa: BLE001 - any decode failure just means "not a binary net"
+    except Exception:
         return "a binary file"
     if len(net.layer) or len(net.layers):
         return "a binary NetParameter (a .caffemodel with trained weights)"
@@ -80,9 +80,12 @@ def read_source(path: str | os.PathLike[str]) -> SourceFile:
 
 def _source(path_or_text: str | os.PathLike[str]) -> SourceFile:
     """A path, or prototxt text itself (a string with a newline, '{' or ':' that is no file)."""
-    if isinstance(path_or_text, str) and any(c in path_or_text for c in "\n{:"):
-        if not os.path.exists(path_or_text):
-            return SourceFile("<string>", path_or_text)
+    if (
+        isinstance(path_or_text, str)
+        and any(c in path_or_text for c in "\n{:")
+        and not os.path.exists(path_or_text)
+    ):
+        return SourceFile("<string>", path_or_text)
     return read_source(path_or_text)
 
 

@@ -1,7 +1,7 @@
 """Canonical prototxt: 2-space indent, one value per line, layer fields in reading order.
 
-Fields print in field-number order, except that `name`, `type`, `bottom` and `top` (and a
-net's inputs) come first, which is how people write and read layers. Floats print as the
+Fields print in field-number order, except that `name`, `type`, `bottom` and `top` (a net's
+inputs, a solver's nets) come first, which is how people write and read them. Floats print as the
 shortest decimal that reads back to the same float32 (0.0001, not 9.99999974738e-05).
 Parsing the output gives back an equal message.
 """
@@ -18,6 +18,7 @@ __all__ = ["format_float32", "format_message", "quote"]
 
 _FIRST = {
     "NetParameter": ("name", "input", "input_shape", "input_dim"),
+    "SolverParameter": ("net", "train_net", "test_net", "net_param", "train_net_param"),
 }
 _DEFAULT_FIRST = ("name", "type", "bottom", "top")
 _INDENT = "  "
@@ -30,8 +31,11 @@ def format_float32(value: float) -> str:
     target = struct.pack("<f", value)
     for digits in range(1, 10):
         text = f"{value:.{digits}g}"
-        if struct.pack("<f", float(text)) == target:
-            return text
+        try:
+            if struct.pack("<f", float(text)) == target:
+                return text
+        except OverflowError:  # rounded past the largest float32
+            continue
     return repr(value)
 
 

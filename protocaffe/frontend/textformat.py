@@ -21,8 +21,8 @@ from google.protobuf import text_encoding
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from google.protobuf.message import Message
 from lark import Lark
-from lark.exceptions import UnexpectedInput, UnexpectedToken
 from lark.common import LexerConf
+from lark.exceptions import UnexpectedInput, UnexpectedToken
 from lark.lexer import Lexer
 
 from protocaffe.diagnostics import (
@@ -499,11 +499,14 @@ class _Builder:
                 items = value[1]
             else:
                 items = (value,)
-            if colon is None and not plan.is_message:
+            if (
+                colon is None
+                and not plan.is_message
+                and (value.__class__ is not tuple or value[0] is LIST)
+            ):
+                shown = "[...]" if value.__class__ is tuple else _start_of(value).value
                 self.error(
-                    f"expected ':' after '{name}'",
-                    name_tok,
-                    hint=f"write '{name}: {_start_of(value).value}'",
+                    f"expected ':' after '{name}'", name_tok, hint=f"write '{name}: {shown}'"
                 )
                 continue
             name_span = span(name_tok, name_tok)
@@ -558,7 +561,9 @@ class _Builder:
                     if converted is _FAILED:
                         continue
                     sub_path = (*field_path, index)
-                    spans[sub_path] = whole if item is value else span(_start_of(item), _end_of(item))
+                    spans[sub_path] = (
+                        whole if item is value else span(_start_of(item), _end_of(item))
+                    )
                     names[sub_path] = name_span
                     out.append(converted)
                     index += 1
@@ -601,7 +606,7 @@ class _Builder:
             odd = unknown_escapes(value)
             if odd:
                 self.diags.warning(
-                    f"unknown escape sequence {odd[0]!r} in a string; it is kept as written",
+                    f"unknown escape sequence '{odd[0]}' in a string; it is kept as written",
                     self.span(value[0], value[-1]),
                     "write '\\\\' for a backslash (or use '/' in paths)",
                 )
@@ -681,7 +686,7 @@ FORK_ENUM_VALUES = {
     "SEG_ACCURACY": "the DeepLab-v1 Caffe fork",
     "UNIQUE_LABEL": "the DeepLab-v1 Caffe fork",
     "CROP": "the FCN-era 'future' Caffe branch (auto-offset Crop; BVLC has Crop only in V2 "
-    "format: type: \"Crop\")",
+    'format: type: "Crop")',
 }
 
 _CAMEL = re.compile(r"(?<=[a-z0-9])(?=[A-Z])")

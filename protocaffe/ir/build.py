@@ -239,7 +239,7 @@ class _Builder:
                 layer.span,
             )
         else:
-            for value, shape in zip(layer.outputs, tops):
+            for value, shape in zip(layer.outputs, tops, strict=True):
                 value.shape = shape
         self.diags.extend(ctx.warnings)
 
@@ -248,7 +248,9 @@ class _Builder:
     def unknown_type(self, layer: Layer) -> None:
         span = self.span(*layer.path, "type")
         hint = suggestion_hint(layer.type, REGISTRY)
-        diag = self.diags.error(f"unknown layer type '{layer.type}' (layer '{layer.name}')", span, hint)
+        diag = self.diags.error(
+            f"unknown layer type '{layer.type}' (layer '{layer.name}')", span, hint
+        )
         fork = FORK_TYPES.get(layer.type)
         if fork:
             diag.notes.append(
@@ -301,8 +303,9 @@ class _Builder:
         elif blob in excluded:
             state = self.graph.state
             diag.notes.append(
-                f"'{blob}' is produced by layer '{excluded[blob]}', which is not part of the net in "
-                f"phase {state.phase_name}" + (f" with stages {sorted(state.stages)}" if state.stages else "")
+                f"'{blob}' is produced by layer '{excluded[blob]}', which is not part of the "
+                f"net in phase {state.phase_name}"
+                + (f" with stages {sorted(state.stages)}" if state.stages else "")
             )
 
     def check_top(self, layer: Layer, j: int, blob: str, seen: set[str]) -> None:

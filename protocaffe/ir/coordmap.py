@@ -188,7 +188,9 @@ def _align_crop(graph: Graph, layer: Layer, out: CoordAnalysis) -> CropAlignment
     for value, m in ((b0, m0), (b1, m1)):
         if m is None:
             why = out.why_unknown.get(value.id, "unknown")
-            return result("unknown", reason=f"the coordinate map of '{value.blob}' is unknown: {why}")
+            return result(
+                "unknown", reason=f"the coordinate map of '{value.blob}' is unknown: {why}"
+            )
     assert m0 is not None and m1 is not None
     if m0.root != m1.root:
         return result(

@@ -22,9 +22,9 @@ if TYPE_CHECKING:
 class Value:
     id: str
     blob: str
-    producer: Layer | None  # None for net-level inputs
+    producer: Layer | None = field(repr=False)  # None for net-level inputs
     shape: Shape | None = None
-    consumers: list[Layer] = field(default_factory=list)
+    consumers: list[Layer] = field(default_factory=list, repr=False)
 
 
 @dataclass(eq=False)
@@ -35,8 +35,8 @@ class Layer:
     path: FieldPath  # ("layer", i) in the upgraded NetParameter
     span: Span | None
     spec: LayerDef | None
-    inputs: list[Value] = field(default_factory=list)
-    outputs: list[Value] = field(default_factory=list)
+    inputs: list[Value] = field(default_factory=list, repr=False)
+    outputs: list[Value] = field(default_factory=list, repr=False)
     blob_specs: list[BlobSpec] = field(default_factory=list)
     macs: int = 0
 

@@ -64,7 +64,7 @@ def _layer_entry(layer: Layer) -> dict[str, Any]:
     in_place = [j < len(proto.bottom) and proto.bottom[j] == t for j, t in enumerate(proto.top)]
     activation = sum(
         FLOAT32_BYTES * count(v.shape)
-        for v, same in zip(layer.outputs, in_place)
+        for v, same in zip(layer.outputs, in_place, strict=True)
         if v.shape is not None and not same
     )
     return {
@@ -160,11 +160,14 @@ def render_table(report: dict[str, Any]) -> str:
     right = {4, 5, 6}  # numbers align right
 
     def line(cells: tuple[str, ...]) -> str:
-        parts = [c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths))]
+        cells_widths = enumerate(zip(cells, widths, strict=True))
+        parts = [c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in cells_widths]
         return "  ".join(parts).rstrip()
 
     t = report["totals"]
-    inputs = ", ".join(f"{i['name']} {shape_str(i['shape'])}" for i in report["inputs"] if i["shape"])
+    inputs = ", ".join(
+        f"{i['name']} {shape_str(i['shape'])}" for i in report["inputs"] if i["shape"]
+    )
     out = [
         f"{report['net']} ({report['file']}), phase {report['phase']}"
         + (f", stages {', '.join(report['stages'])}" if report["stages"] else "")
@@ -227,7 +230,11 @@ def explain_layer(graph: Graph, layer: Layer) -> list[str]:
     lines = [f"layer '{layer.name}' ({layer.type}){where}"]
     if ctx.param is not None:
         text = text_format.MessageToString(ctx.param, as_one_line=True).strip()
-        lines.append(f"  {layer.spec.param_field} {{ {text} }}" if text else f"  {layer.spec.param_field}: defaults")
+        lines.append(
+            f"  {layer.spec.param_field} {{ {text} }}"
+            if text
+            else f"  {layer.spec.param_field}: defaults"
+        )
     for kind, values in (("bottom", layer.inputs), ("top", layer.outputs)):
         for j, v in enumerate(values):
             shape = shape_str(v.shape) if v.shape is not None else "?"
@@ -254,9 +261,15 @@ def _explain_coords(graph: Graph, layer: Layer, ctx: Any) -> list[str]:
     for v in layer.outputs:
         m = coords.map_of(v)
         if m is not None:
-            lines.append(f"  coordinates: '{v.blob}' pixel y is input '{m.root}' pixel {affine_str(m.affine)}")
+            lines.append(
+                f"  coordinates: '{v.blob}' pixel y is input '{m.root}' pixel "
+                + affine_str(m.affine)
+            )
         else:
-            lines.append(f"  note: no coordinate map for '{v.blob}': {coords.why_unknown.get(v.id, 'unknown')}")
+            lines.append(
+                f"  note: no coordinate map for '{v.blob}': "
+                + coords.why_unknown.get(v.id, "unknown")
+            )
     crop = coords.crop(layer)
     if crop is not None:
         lines.append(f"  crop alignment: {_crop_line(_crop_entry(crop))}")

@@ -220,6 +220,28 @@ def pool_out(size: int, kernel: int, stride: int, pad: int, ceil: bool = True) -
     return out
 
 
+def explain_window(window: Window, spatial: Sequence[int], deconv: bool = False) -> list[str]:
+    """`--explain` lines: each spatial axis's output size formula with the numbers filled in."""
+    lines = []
+    for i, n in enumerate(spatial):
+        k, d, s, p, e = (
+            window.kernel[i],
+            window.dilation[i],
+            window.stride[i],
+            window.pad[i],
+            window.extent[i],
+        )
+        kernel = f"{e}" if d == 1 else f"({d}*({k}-1)+1)"
+        if deconv:
+            out = deconv_out(n, e, s, p)
+            formula = f"{s}*({n} - 1) + {kernel} - 2*{p} = {out}"
+        else:
+            out = conv_out(n, e, s, p)
+            formula = f"({n} + 2*{p} - {kernel}) // {s} + 1 = {out}"
+        lines.append(f"{axis_name(i, len(spatial))}: {formula}")
+    return lines
+
+
 def check_window_fits(
     ctx: ShapeContext, window: Window, spatial: Sequence[int], bottom: int = 0
 ) -> None:

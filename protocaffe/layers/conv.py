@@ -22,6 +22,7 @@ from protocaffe.layers._spatial import (
     conv_out,
     conv_window,
     deconv_out,
+    explain_window,
     from_batch,
     im2col_nd,
     lower_fail,
@@ -131,6 +132,10 @@ class _BaseConvolution(LayerDef):
 
     def coord_map(self, ctx: ShapeContext) -> Affine | None:
         return self.geometry(ctx)[1].affine(deconv=self.deconv)
+
+    def explain(self, ctx: ShapeContext) -> list[str]:
+        axis, window = self.geometry(ctx)
+        return explain_window(window, ctx.bottoms[0][axis + 1 :], self.deconv)
 
     def lower(self, ctx: LowerContext) -> list[fx.Node]:
         p = ctx.param

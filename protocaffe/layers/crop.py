@@ -75,6 +75,16 @@ class Crop(LayerDef):
                 )
         return [(*data[:axis], *like[axis:ndim])]
 
+    def explain(self, ctx: ShapeContext) -> list[str]:
+        data, like = ctx.bottoms
+        axis = canonical_axis(ctx.param.axis, len(data))
+        offsets = crop_offsets(list(ctx.param.offset), axis, len(data))
+        return [
+            f"axis {i}: [{offsets[i]}:{offsets[i] + like[i]}] of {data[i]} "
+            f"(size from '{ctx.layer.bottoms[1]}')"
+            for i in range(axis, len(data))
+        ]
+
     def coord_map(self, ctx: ShapeContext) -> Affine | None:
         ndim = len(ctx.bottoms[0])
         axis = canonical_axis(ctx.param.axis, ndim)

@@ -19,6 +19,7 @@ from protocaffe.layers._spatial import (
     check_window_fits,
     conv_out,
     conv_window,
+    explain_window,
     from_batch,
     im2col_nd,
     lower_fail,
@@ -69,6 +70,13 @@ class Im2col(LayerDef):
 
     def coord_map(self, ctx: ShapeContext) -> Affine | None:
         return self.geometry(ctx)[1].affine()
+
+    def explain(self, ctx: ShapeContext) -> list[str]:
+        axis, window = self.geometry(ctx)
+        channels = ctx.bottoms[0][axis]
+        taps = "*".join(str(k) for k in window.kernel)
+        lines = [f"channels: {channels} * {taps} = {channels * math.prod(window.kernel)}"]
+        return lines + explain_window(window, ctx.bottoms[0][axis + 1 :])
 
     def lower(self, ctx: LowerContext) -> list[fx.Node]:
         bottom, top = ctx.bottom_shapes[0], ctx.top_shapes[0]

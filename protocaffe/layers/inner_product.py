@@ -48,6 +48,12 @@ class InnerProduct(LayerDef):
             specs.append(BlobSpec("bias", (p.num_output,), p.bias_filler))
         return specs
 
+    def explain(self, ctx: ShapeContext) -> list[str]:
+        bottom = ctx.bottoms[0]
+        axis = canonical_axis(ctx.param.axis, len(bottom))
+        dims = "*".join(str(d) for d in bottom[axis:]) or "1"
+        return [f"K = {dims} = {count(bottom[axis:])} (axes {axis}..{len(bottom) - 1} flattened)"]
+
     def macs(self, ctx: ShapeContext, tops: list[Shape]) -> int:
         return count(ctx.bottoms[0]) * ctx.param.num_output
 

@@ -79,7 +79,7 @@ class Pooling(LayerDef):
         window, out = self.geometry(ctx)
         ceil = ctx.param.round_mode == CEIL
         lines = []
-        for i, name in enumerate(("H", "W")):
+        for i, name in enumerate(("height", "width")):
             n, k, s, q = ctx.bottoms[0][2 + i], window.kernel[i], window.stride[i], window.pad[i]
             span = n + 2 * q - k
             rounded = (-(-span // s) if ceil else span // s) + 1

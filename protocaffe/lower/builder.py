@@ -232,7 +232,8 @@ def _resolve_outputs(graph: Graph, names: Sequence[str] | None) -> dict[str, Val
     """The net's outputs by blob name, plus requested blobs keyed by the name as given.
 
     A plain blob name means its last definition (what Caffe calls the blob after in-place
-    layers); an IR value id (`conv1@relu1`) picks one definition.
+    layers); `blob@layer` (e.g. `conv1@conv1`, before `relu1` rewrote it in place) or an IR
+    value id picks one definition.
     """
     outputs = {v.blob: v for v in graph.outputs}
     diags = Diagnostics()
@@ -240,7 +241,9 @@ def _resolve_outputs(graph: Graph, names: Sequence[str] | None) -> dict[str, Val
         try:
             value = graph.blob(name)
         except KeyError:
-            value = graph.values.get(name)
+            value = graph.values.get(name) or next(
+                (v for v in graph.values.values() if _qualified(v) == name), None
+            )
         if value is None:
             blobs = sorted({v.blob for v in graph.values.values()})
             diags.error(f"no blob named '{name}' in this net", None, suggestion_hint(name, blobs))
@@ -248,6 +251,11 @@ def _resolve_outputs(graph: Graph, names: Sequence[str] | None) -> dict[str, Val
             outputs.setdefault(name, value)
     diags.check()
     return outputs
+
+
+def _qualified(value: Value) -> str:
+    """`blob@layer`: one definition of a blob, named by the layer that produced it."""
+    return f"{value.blob}@{value.producer.name}" if value.producer else value.blob
 
 
 def _lr_mults(layer: Layer, index: int) -> float:
