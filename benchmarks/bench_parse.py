@@ -17,12 +17,14 @@ CORPUS = Path(__file__).resolve().parents[2] / "shared" / "corpus"
 DEFAULT = CORPUS / "KaimingHe__deep-residual-networks" / "prototxt__ResNet-152-deploy.prototxt"
 
 
-def best_of(fn: Callable[[], object], repeat: int) -> float:
-    best = float("inf")
+def best_of(fns: list[Callable[[], object]], repeat: int) -> list[float]:
+    """Best time of each function, run interleaved so that machine load hits both alike."""
+    best = [float("inf")] * len(fns)
     for _ in range(repeat):
-        start = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - start)
+        for i, fn in enumerate(fns):
+            start = time.perf_counter()
+            fn()
+            best[i] = min(best[i], time.perf_counter() - start)
     return best
 
 
@@ -35,8 +37,13 @@ def measure(path: Path, repeat: int = 7) -> tuple[float, float]:
 
     text = path.read_text(encoding="utf-8")
     parse_text(text, str(path), "net")  # warm up: grammar load, per-type plans
-    ours = best_of(lambda: parse_text(text, str(path), "net"), repeat)
-    theirs = best_of(lambda: text_format.Merge(text, caffe_pb2.NetParameter()), repeat)
+    ours, theirs = best_of(
+        [
+            lambda: parse_text(text, str(path), "net"),
+            lambda: text_format.Merge(text, caffe_pb2.NetParameter()),
+        ],
+        repeat,
+    )
     return ours, theirs
 
 

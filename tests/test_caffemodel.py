@@ -116,7 +116,8 @@ def v1_file(path, weight_dims, blobs_as_double=False):
     return w
 
 
-IP = 'layer { name: "ip" type: "InnerProduct" bottom: "x" top: "y" inner_product_param { num_output: 3 } }'
+IP = """layer { name: "ip" type: "InnerProduct" bottom: "x" top: "y"
+  inner_product_param { num_output: 3 } }"""
 
 
 @pytest.mark.parametrize("double", [False, True])
@@ -177,7 +178,9 @@ def test_missing_and_unused_layers(tmp_path):
 def test_blob_count_mismatch(tmp_path):
     path = tmp_path / "a.caffemodel"
     save_caffemodel(module(seed=0), path)
-    m = lower_graph(compile_snippet(NET.replace("num_output: 3", "num_output: 3 bias_term: false"), SHAPES))
+    m = lower_graph(
+        compile_snippet(NET.replace("num_output: 3", "num_output: 3 bias_term: false"), SHAPES)
+    )
     with pytest.raises(CompileError, match="incompatible number of blobs for layer 'ip'"):
         load_caffemodel(m, path)
 
@@ -251,12 +254,11 @@ def test_assign_blobs_checks_shapes():
 def test_large_file_peak_memory(tmp_path):
     """Loading a ~512 MB caffemodel costs about the parameters themselves, not twice that."""
     path = tmp_path / "big.caffemodel"
-    net = """
-    layer { name: "a" type: "InnerProduct" bottom: "x" top: "a" inner_product_param { num_output: 8192 bias_term: false } }
-    layer { name: "b" type: "InnerProduct" bottom: "a" top: "b" inner_product_param { num_output: 4096 bias_term: false } }
-    layer { name: "c" type: "InnerProduct" bottom: "b" top: "c" inner_product_param { num_output: 8192 bias_term: false } }
-    layer { name: "d" type: "InnerProduct" bottom: "c" top: "d" inner_product_param { num_output: 4096 bias_term: false } }
-    """
+    net = "".join(
+        f'layer {{ name: "{n}" type: "InnerProduct" bottom: "{b}" top: "{n}" '
+        f"inner_product_param {{ num_output: {k} bias_term: false }} }}\n"
+        for n, b, k in (("a", "x", 8192), ("b", "a", 4096), ("c", "b", 8192), ("d", "c", 4096))
+    )
     prelude = textwrap.dedent(
         f"""
         import resource, sys, time, torch

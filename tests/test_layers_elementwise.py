@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from _layer_oracle import check_layer, error_of, shapes_of
 
+from protocaffe.ir.build import shape_context
 from protocaffe.layers import REGISTRY
 from protocaffe.testing import compile_snippet, run_snippet
 
@@ -327,3 +328,21 @@ def test_reduction_formula_and_errors():
     assert run("SUMSQ") == [10, 28] and run("MEAN") == [-2, 4]
     err = message(layer("Reduction", "reduction_param { axis: 2 }"), {"data": (2, 3)})
     assert "axis 2 is out of range" in err
+
+
+def test_explain_lines():
+    def explain(text, inputs):
+        graph = compile_snippet(text, inputs)
+        lyr = graph.layer("l")
+        return lyr.spec.explain(shape_context(graph, lyr))
+
+    shape = {"data": (2, 21, 5, 5)}
+    assert explain(layer("ArgMax", "argmax_param { axis: 1 top_k: 2 }"), shape) == [
+        "axis 1: 21 -> top_k 2 indices"
+    ]
+    assert explain(layer("ArgMax", "argmax_param { out_max_val: true }"), shape) == [
+        "each of 2 samples: top_k 1 of 525 flattened -> indices and values"
+    ]
+    assert explain(layer("Reduction", "reduction_param { operation: MEAN axis: -2 }"), shape) == [
+        "MEAN over axes 2..3 (25 entries each), times coeff 1; keeps 2x21"
+    ]

@@ -260,3 +260,21 @@ def test_mvn_output_is_legacy_4d():
     check(layer("MVN", "mvn_param { across_channels: true }"), {"data": x})
     err = message(layer("MVN"), {"data": (1, 2, 3, 4, 5)})
     assert "MVN reads the legacy num/channels/height/width view, at most 4 axes" in err
+
+
+def test_explain_lines():
+    def explain(text, inputs):
+        graph = compile_snippet(text, inputs)
+        lyr = graph.layer("l")
+        return lyr.spec.explain(shape_context(graph, lyr))
+
+    x = {"data": (2, 3, 4, 5)}
+    assert explain(layer("Scale", "scale_param { num_axes: 2 }"), x) == [
+        "operand 3x4 from a learned blob, applied along axes 1..2"
+    ]
+    text = layer("Bias", "bias_param { axis: -1 }", bottoms=("data", "b"))
+    assert explain(text, {**x, "b": (5,)}) == ["operand 5 from bottom 'b', applied along axis 3"]
+    assert explain(layer("MVN"), {"data": (2, 3)}) == [
+        "statistics over H x W per (sample, channel)",
+        "2x3 read as legacy 4-D 2x3x1x1",
+    ]

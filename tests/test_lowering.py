@@ -118,7 +118,9 @@ def test_extra_outputs_and_in_place_safety():
     assert (pre(x)["conv1"] >= 0).all()
     raw = run_snippet(CONV_RELU, {"data": x.numpy()}, outputs=["conv1@conv1/3x3"], seed=0)
     assert (raw["conv1@conv1/3x3"] < 0).any(), "the pre-ReLU blob was overwritten in place"
-    np.testing.assert_allclose(np.maximum(raw["conv1@conv1/3x3"], 0), out["conv1"].detach(), rtol=1e-6)
+    np.testing.assert_allclose(
+        np.maximum(raw["conv1@conv1/3x3"], 0), out["conv1"].detach(), rtol=1e-6
+    )
     # the parameters are shared with the original module
     assert both.conv1_3x3.weight is m.conv1_3x3.weight
 
@@ -279,9 +281,7 @@ def test_intermediates_are_freed():
         print((after - before) / 1024)
         """
     )
-    out = subprocess.run(
-        [sys.executable, "-c", script], capture_output=True, text=True, check=True
-    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
     growth_mib = float(out.stdout.strip().splitlines()[-1])
     total_mib = 8 * 64  # every top blob kept alive would need this much
     assert growth_mib < 3 * 64, f"forward grew RSS by {growth_mib:.0f} MiB of {total_mib}"

@@ -53,6 +53,7 @@ SAME_AS_TEXT_FORMAT = [
 ]
 
 
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # text_format on unknown escapes
 @pytest.mark.parametrize("text", SAME_AS_TEXT_FORMAT)
 def test_matches_text_format(text: str) -> None:
     assert parse_text(text).message == reference(text)

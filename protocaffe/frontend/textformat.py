@@ -168,6 +168,7 @@ def _parser() -> Lark:
         lexer=_Lexer,
         transformer=_Callbacks(),
         maybe_placeholders=True,
+        cache=True,  # the LALR tables, in the temp dir keyed by grammar and lark version
     )
 
 
@@ -744,14 +745,14 @@ _TOKEN_WORDS = {
 }
 
 
-def _expected_words(expected: set[str]) -> str:
+def _expected_words(expected: set[str], opener: Tok | None) -> str:
+    """What the parser wanted, phrased for where it is (LALR merges the lookaheads of states
+    that look alike, so the raw set also names closers that cannot apply here)."""
+    closer = f"'{_CLOSERS[opener.value]}'" if opener is not None else "the end of the file"
     if {"NUMBER", "STRING", "LBRACE"} <= expected:
         words = ["a value"]
     elif "NAME" in expected and "NUMBER" not in expected:
-        words = ["a field name"]
-        words += [_TOKEN_WORDS[t] for t in sorted(expected) if t in ("RBRACE", "RANGLE")]
-        if "$END" in expected:
-            words.append("the end of the file")
+        words = ["a field name", closer]
     else:
         words = [_TOKEN_WORDS.get(t, t) for t in sorted(expected)]
     return ", ".join(words[:-1]) + (" or " if len(words) > 1 else "") + words[-1]
@@ -848,15 +849,21 @@ def _syntax_error(err: UnexpectedToken, text: str, source: SourceFile) -> Diagno
                 f"close it with '{_CLOSERS[opener.value]}'",
             )
     expected = set(err.expected)
-    message = f"unexpected {_describe(tok)}; expected {_expected_words(expected)}"
+    opener = stack[-1] if stack else None
+    if opener is not None and opener.value == "[" and prev is not None and prev.value != "[":
+        return Diagnostic(
+            "error",
+            f"unexpected {_describe(tok)} in a list; expected ',' or ']'",
+            at(tok),
+            "separate list items with ','",
+        )
+    message = f"unexpected {_describe(tok)}; expected {_expected_words(expected, opener)}"
     hint = None
     if "NAME" in expected and tok.type in ("NUMBER", "STRING") and "NUMBER" not in expected:
         hint = (
             "a non-repeated field takes one value; a repeated field is written once per value "
             "('dim: 1 dim: 3') or as a list ('dim: [1, 3]')"
         )
-    elif expected <= {"COMMA", "RBRACKET"}:
-        hint = "separate list items with ','"
     return Diagnostic("error", message, at(tok), hint)
 
 
@@ -913,6 +920,10 @@ def parse_text(
     cls = message_class(message_type) if message_type is not None else detect_message_type(tree)
     msg = cls()
     builder = _Builder(source)
-    builder.fill(msg, tree, ())
+    try:
+        builder.fill(msg, tree, ())
+    except RecursionError:
+        span = Span(source, 1, 1, 1, 1)
+        raise CompileError([Diagnostic("error", "messages are nested too deeply", span)]) from None
     builder.diags.check()
     return ParsedFile(msg, builder.source_map, source, list(builder.diags))

@@ -128,7 +128,9 @@ def _nd_values(
     return tuple(values), tuple((name, i) for i in range(nsp))
 
 
-def _check_positive(fail: Fail, what: str, values: Sequence[int], fields: Sequence[FieldPath]):
+def _check_positive(
+    fail: Fail, what: str, values: Sequence[int], fields: Sequence[FieldPath]
+) -> None:
     for i, (v, f) in enumerate(zip(values, fields, strict=True)):
         if v <= 0:
             name = f[0] if f else what

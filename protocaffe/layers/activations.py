@@ -84,10 +84,6 @@ class Pointwise(LayerDef):
         raise NotImplementedError
 
 
-def _maybe_inplace(ctx: LowerContext) -> bool:
-    return ctx.can_modify_input(0)
-
-
 @register
 class ReLU(Pointwise):
     type = "ReLU"
@@ -96,8 +92,8 @@ class ReLU(Pointwise):
     def emit(self, ctx: LowerContext, x: fx.Node) -> fx.Node:
         slope = ctx.param.negative_slope
         if slope == 0:
-            return ctx.call(F.relu, x, inplace=_maybe_inplace(ctx))
-        return ctx.call(F.leaky_relu, x, slope, inplace=_maybe_inplace(ctx))
+            return ctx.call(F.relu, x, inplace=ctx.can_modify_input(0))
+        return ctx.call(F.leaky_relu, x, slope, inplace=ctx.can_modify_input(0))
 
     def compute(self, ctx, x, blobs):
         return np.maximum(x, 0) + ctx.param.negative_slope * np.minimum(x, 0)
@@ -144,7 +140,7 @@ class ELU(Pointwise):
     param_field = "elu_param"
 
     def emit(self, ctx: LowerContext, x: fx.Node) -> fx.Node:
-        return ctx.call(F.elu, x, ctx.param.alpha, inplace=_maybe_inplace(ctx))
+        return ctx.call(F.elu, x, ctx.param.alpha, inplace=ctx.can_modify_input(0))
 
     def compute(self, ctx, x, blobs):
         return np.maximum(x, 0) + ctx.param.alpha * (np.exp(np.minimum(x, 0)) - 1)
@@ -313,8 +309,9 @@ class Threshold(Pointwise):
     param_field = "threshold_param"
 
     def emit(self, ctx: LowerContext, x: fx.Node) -> fx.Node:
+        # Plain torch functions only (no Tensor methods), so that emit_python can name them.
         mask = ctx.call(torch.gt, x, ctx.param.threshold)
-        return ctx.call(torch.Tensor.type_as, mask, x)
+        return ctx.call(torch.masked_fill, ctx.call(torch.zeros_like, x), mask, 1.0)
 
     def compute(self, ctx, x, blobs):
         return (x > ctx.param.threshold).astype(np.float64)
@@ -339,7 +336,9 @@ class Dropout(Pointwise):
         p = ctx.param
         scale_train = getattr(p, "scale_train", True)
         if ctx.phase == caffe_pb2.TRAIN:
-            y = ctx.call(F.dropout, x, p.dropout_ratio, training=True, inplace=_maybe_inplace(ctx))
+            y = ctx.call(
+                F.dropout, x, p.dropout_ratio, training=True, inplace=ctx.can_modify_input(0)
+            )
             return y if scale_train else ctx.call(torch.mul, y, 1 - p.dropout_ratio)
         if not scale_train:
             return ctx.call(torch.mul, x, 1 - p.dropout_ratio)

@@ -144,15 +144,10 @@ class _BaseConvolution(LayerDef):
         window = conv_window(p, nsp)
         if not 1 <= nsp <= 3:
             lower_fail(ctx, f"{nsp} spatial axes: the PyTorch lowering handles 1 to 3")
-        fns = (
-            (F.conv_transpose1d, F.conv_transpose2d, F.conv_transpose3d)
-            if self.deconv
-            else (
-                F.conv1d,
-                F.conv2d,
-                F.conv3d,
-            )
-        )
+        if self.deconv:
+            fn = (F.conv_transpose1d, F.conv_transpose2d, F.conv_transpose3d)[nsp - 1]
+        else:
+            fn = (F.conv1d, F.conv2d, F.conv3d)[nsp - 1]
         weight = ctx.blob("weight")
         bias = ctx.blob("bias") if p.bias_term else None
         kwargs = {
@@ -163,7 +158,7 @@ class _BaseConvolution(LayerDef):
         }
         tops = []
         for x, shape, top in zip(ctx.inputs, ctx.bottom_shapes, ctx.top_shapes, strict=True):
-            y = ctx.call(fns[nsp - 1], as_batch(ctx, x, shape, axis), weight, bias, **kwargs)
+            y = ctx.call(fn, as_batch(ctx, x, shape, axis), weight, bias, **kwargs)
             tops.append(from_batch(ctx, y, top, axis))
         return tops
 
@@ -191,13 +186,17 @@ class _BaseConvolution(LayerDef):
         return tops
 
     @staticmethod
-    def _conv_image(image, weight, window, group, out_spatial) -> np.ndarray:
+    def _conv_image(
+        image: np.ndarray, weight: np.ndarray, window: Window, group: int, out_spatial: Shape
+    ) -> np.ndarray:
         cols = im2col_nd(image, window, out_spatial).reshape(group, -1, count(out_spatial))
         w = weight.reshape(group, weight.shape[0] // group, -1)
         return np.concatenate([w[g] @ cols[g] for g in range(group)]).reshape(-1, *out_spatial)
 
     @staticmethod
-    def _deconv_image(image, weight, window, group, out_spatial) -> np.ndarray:
+    def _deconv_image(
+        image: np.ndarray, weight: np.ndarray, window: Window, group: int, out_spatial: Shape
+    ) -> np.ndarray:
         channels_in = image.shape[0]
         x = image.reshape(group, channels_in // group, -1)
         w = weight.reshape(group, channels_in // group, -1)

@@ -8,7 +8,7 @@ FCN aligns its score maps this way, with offsets that the coordinate maps determ
 from __future__ import annotations
 
 import operator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -101,7 +101,7 @@ class Crop(LayerDef):
         return [inputs[0][self._index(ctx.param, ctx.bottoms[0], self.shapes(ctx)[0])].copy()]
 
     @staticmethod
-    def _index(param, bottom: Shape, top: Shape) -> tuple[slice, ...]:
+    def _index(param: Any, bottom: Shape, top: Shape) -> tuple[slice, ...]:
         offsets = crop_offsets(
             list(param.offset), canonical_axis(param.axis, len(bottom)), len(bottom)
         )

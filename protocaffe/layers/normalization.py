@@ -207,6 +207,14 @@ class _Affine(Pointwise):
         operand_geometry(ctx)
         return [ctx.bottoms[0]]
 
+    def explain(self, ctx: ShapeContext) -> list[str]:
+        axis, shape = affine_operand(ctx.param, ctx.bottoms)
+        source = f"bottom '{ctx.layer.bottoms[1]}'" if len(ctx.bottoms) > 1 else "a learned blob"
+        if not shape:
+            return [f"scalar operand from {source}"]
+        axes = f"axis {axis}" if len(shape) == 1 else f"axes {axis}..{axis + len(shape) - 1}"
+        return [f"operand {shape_str(shape)} from {source}, applied along {axes}"]
+
     def lower(self, ctx: LowerContext) -> list[fx.Node]:
         return [self.emit_affine(ctx, *affine_operand(ctx.param, ctx.bottom_shapes))]
 
@@ -313,6 +321,16 @@ class MVN(Pointwise):
 
     def macs(self, ctx: ShapeContext, tops: list[Shape]) -> int:
         return count(tops[0]) if ctx.param.normalize_variance else 0
+
+    def explain(self, ctx: ShapeContext) -> list[str]:
+        x = ctx.bottoms[0]
+        over = (
+            "C x H x W per sample" if ctx.param.across_channels else "H x W per (sample, channel)"
+        )
+        lines = [f"statistics over {over}"]
+        if len(x) < 4:
+            lines.append(f"{shape_str(x)} read as legacy 4-D {shape_str(legacy_4d(x))}")
+        return lines
 
     @staticmethod
     def _axes(p: Any) -> tuple[int, ...]:

@@ -90,6 +90,15 @@ class ArgMax(LayerDef):
         top[0], top[1], top[2] = x[0], 2 if p.out_max_val else 1, k
         return [tuple(top)]
 
+    def explain(self, ctx: ShapeContext) -> list[str]:
+        p, x = ctx.param, tuple(ctx.bottoms[0])
+        what = "values" if p.out_max_val else "indices"
+        if ctx.has("axis"):
+            axis = canonical_axis(p.axis, len(x))
+            return [f"axis {axis}: {x[axis]} -> top_k {p.top_k} {what}"]
+        rows = "indices and values" if p.out_max_val else "indices"
+        return [f"each of {x[0]} samples: top_k {p.top_k} of {count(x[1:])} flattened -> {rows}"]
+
     def lower(self, ctx: LowerContext) -> list[fx.Node]:
         p, x = ctx.param, ctx.inputs[0]
         shape = ctx.bottom_shapes[0]
@@ -126,8 +135,8 @@ class ArgMax(LayerDef):
             ordered = ctx.call(torch.sort, flipped, dim=axis, descending=True, stable=True)
             values = ctx.call(torch.narrow, ctx.call(operator.getitem, ordered, 0), axis, 0, k)
             pos = ctx.call(torch.narrow, ctx.call(operator.getitem, ordered, 1), axis, 0, k)
-        indices = ctx.call(torch.rsub, pos, size - 1)  # (size - 1) - pos
-        return values, ctx.call(torch.Tensor.type_as, indices, values)
+        last = ctx.call(torch.full_like, values, size - 1)  # in the values' float dtype
+        return values, ctx.call(torch.sub, last, pos)
 
     def reference(
         self, ctx: ShapeContext, inputs: list[np.ndarray], blobs: list[np.ndarray]
@@ -173,6 +182,15 @@ class Reduction(LayerDef):
 
     def macs(self, ctx: ShapeContext, tops: list[Shape]) -> int:
         return count(ctx.bottoms[0]) if ctx.param.operation == _RED.SUMSQ else 0
+
+    def explain(self, ctx: ShapeContext) -> list[str]:
+        p, x = ctx.param, tuple(ctx.bottoms[0])
+        axis = canonical_axis(p.axis, len(x))
+        op = _RED.ReductionOp.Name(p.operation)
+        return [
+            f"{op} over axes {axis}..{len(x) - 1} ({count(x[axis:])} entries each), "
+            f"times coeff {p.coeff:g}; keeps {shape_str(x[:axis])}"
+        ]
 
     def lower(self, ctx: LowerContext) -> list[fx.Node]:
         p, x = ctx.param, ctx.inputs[0]
