@@ -152,6 +152,20 @@ def test_two_values_for_one_field() -> None:
     assert "expected a field name" in d.message and at(d) == (1, 44)
 
 
+def test_list_syntax_errors() -> None:
+    d = only_error('layer { top: ["a" 1] }')
+    assert d.message == "unexpected '1' in a list; expected ',' or ']'" and at(d) == (1, 19)
+    d = only_error('layer { top: ["a", ] }')
+    assert "after ','" in d.message and d.hint == "remove the trailing ','"
+    d = only_error('layer { top: ["a"')
+    assert "unterminated '['" in d.message and at(d) == (1, 14)
+
+
+def test_expected_closer_matches_the_open_block() -> None:
+    assert "expected a field name or '>'" in only_error('layer < name: "a" 3 >').message
+    assert "or the end of the file" in only_error('name: "x" 5').message
+
+
 def test_all_schema_errors_are_reported_in_one_run() -> None:
     text = (
         'layer {\n  nmae: "a"\n  convolution_param { num_output: -3 }\n}\n'

@@ -850,6 +850,13 @@ def _syntax_error(err: UnexpectedToken, text: str, source: SourceFile) -> Diagno
             )
     expected = set(err.expected)
     opener = stack[-1] if stack else None
+    if opener is not None and opener.value == "[" and prev is not None and prev.value == ",":
+        return Diagnostic(
+            "error",
+            f"unexpected {_describe(tok)} after ','; expected a list item",
+            at(tok),
+            "remove the trailing ','" if tok.value == "]" else None,
+        )
     if opener is not None and opener.value == "[" and prev is not None and prev.value != "[":
         return Diagnostic(
             "error",
