@@ -105,3 +105,33 @@ def layer_times(
         shapes = [v.shape for v in layer.outputs]
         out.append(LayerTime(layer.name, layer.type, shapes, Stats(samples)))
     return out
+
+
+def activation_peak_bytes(module: Any, inputs: dict[str, Any]) -> int:
+    """The most memory that blobs (inputs and intermediates, not weights) hold at once during
+    one forward pass of a CaffeModule, counting each storage once (in-place results and views
+    share their input's). The fx code frees every value after its last use; Caffe instead keeps
+    every blob of the net allocated, so compare with the sum of all blob sizes."""
+    import torch
+    from torch import fx
+
+    class Meter(fx.Interpreter):
+        def __init__(self) -> None:
+            super().__init__(module, garbage_collect_values=True)
+            self.peak = 0
+
+        def run_node(self, n: fx.Node) -> Any:
+            result = super().run_node(n)
+            live = {
+                t.untyped_storage().data_ptr(): t.untyped_storage().nbytes()
+                for t in _tensors([*self.env.values(), result, *inputs.values()])
+            }
+            self.peak = max(self.peak, sum(live.values()))
+            return result
+
+    params = {p.untyped_storage().data_ptr() for p in [*module.parameters(), *module.buffers()]}
+    meter = Meter()
+    meter.env = _ExcludingParams(params)
+    with torch.no_grad():
+        meter.run(inputs)
+    return meter.peak
