@@ -23,8 +23,10 @@ class SourceFile:
     text: str
 
     def line(self, lineno: int) -> str:
-        lines = self.text.splitlines()
-        return lines[lineno - 1] if 1 <= lineno <= len(lines) else ""
+        # Split on "\n" only: the lexer counts lines that way (a lone "\r" or form feed
+        # inside a line must not shift the quoted line).
+        lines = self.text.split("\n")
+        return lines[lineno - 1].rstrip("\r") if 1 <= lineno <= len(lines) else ""
 
 
 @dataclass(frozen=True)

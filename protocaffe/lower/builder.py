@@ -124,7 +124,7 @@ class _Builder:
     ) -> None:
         self.graph = graph
         self.attrs = attrs
-        self.sharing = sharing  # (layer, blob name) -> (owner attr path, owner shape)
+        self.sharing = sharing  # (layer, blob name) -> owner's attribute path
         self.outputs = outputs
         self.fx_graph = fx.Graph()
         self.nodes: dict[str, fx.Node] = {}  # Value.id -> node
@@ -132,12 +132,12 @@ class _Builder:
         self._attr_nodes: dict[str, fx.Node] = {}
 
     def blob_node(self, layer: Layer, name: str) -> fx.Node:
-        shared = self.sharing.get((layer, name))
-        path = shared[0] if shared else f"{self.attrs[layer]}.{name}"
+        owner = self.sharing.get((layer, name))
+        path = owner or f"{self.attrs[layer]}.{name}"
         node = self._attr_nodes.get(path)
         if node is None:
             node = self._attr_nodes[path] = self.fx_graph.get_attr(path)
-        if shared and shared[1] != _spec(layer, name).shape:
+        if owner:
             # Caffe's permissive sharing: equal counts, different shapes, one storage.
             node = self.fx_graph.call_function(torch.reshape, (node, _spec(layer, name).shape))
         return node
@@ -283,7 +283,7 @@ def make_blobs(
     attrs: dict[Layer, str] = {}
     taken = set(dir(CaffeModule)) | set(CaffeModule.__annotations__)
     owners: dict[str, tuple[Layer, str, Any]] = {}  # param name -> owner layer, attr, tensor
-    sharing: dict = {}
+    sharing: dict[tuple[Layer, str], str] = {}
     diags = Diagnostics()
     for layer in graph.layers:
         if not layer.blob_specs:
@@ -350,13 +350,22 @@ def fill_blobs(module: CaffeModule, layer_names: Sequence[str], seed: int | None
     diags.check()
 
 
-def _share(layer, spec, share, owner, sharing, diags) -> Any:
-    """Caffe's param sharing: same shape shares the tensor; same count shares via reshape."""
+def _share(
+    layer: Layer,
+    spec: BlobSpec,
+    share: str,
+    owner: tuple[Layer, str, Any],
+    sharing: dict[tuple[Layer, str], str],
+    diags: Diagnostics,
+) -> Any:
+    """Caffe's param sharing: the same shape shares the tensor (returned); the same count
+    shares the storage through a reshape at each use (recorded in `sharing`, None returned).
+    """
     owner_layer, owner_path, tensor = owner
     if tuple(tensor.shape) == tuple(spec.shape):
         return tensor
     if tensor.numel() == math.prod(spec.shape):
-        sharing[(layer, spec.name)] = (owner_path, tuple(tensor.shape))
+        sharing[(layer, spec.name)] = owner_path
         return None
     diags.error(
         f"cannot share param '{share}' owned by layer '{owner_layer.name}' with layer "

@@ -81,10 +81,10 @@ class CaffeModule(fx.GraphModule):
 
     def blob_tensor(self, layer: Layer, name: str) -> torch.Tensor:
         """Layer `layer`'s stored blob `name` (a view of the owner's for reshaped sharing)."""
-        shared = self._sharing.get((layer, name))
-        if shared is not None:
+        owner = self._sharing.get((layer, name))
+        if owner is not None:
             spec = next(s for s in layer.blob_specs if s.name == name)
-            return self.get_parameter_or_buffer(shared[0]).view(spec.shape)
+            return self.get_parameter_or_buffer(owner).view(spec.shape)
         return self.get_parameter_or_buffer(f"{self._layer_attrs[layer]}.{name}")
 
     def get_parameter_or_buffer(self, path: str) -> torch.Tensor:
@@ -102,4 +102,4 @@ class CaffeModule(fx.GraphModule):
         return assemble(self.caffe_graph, self, self._layer_attrs, self._sharing, list(outputs))
 
     _layer_attrs: dict[Layer, str]
-    _sharing: dict[tuple[Layer, str], tuple[str, tuple[int, ...]]]
+    _sharing: dict[tuple[Layer, str], str]  # reshaped shared blobs -> owner's path

@@ -318,6 +318,7 @@ def load_caffemodel(module: Any, path: str | Path, *, allow_missing: bool = Fals
             plan.extend(_check_layer(rec, layer, module, path, diags))
     report.missing = [name for name in by_name if name not in seen]
     severity = "warning" if allow_missing else "error"
+    opt_out = "allow_missing=True (--allow-missing)"
     for name in report.missing:
         layer = by_name[name][0]
         shapes = ", ".join(shape_str(s.shape) for s in layer.blob_specs)
@@ -327,11 +328,7 @@ def load_caffemodel(module: Any, path: str | Path, *, allow_missing: bool = Fals
                 f"{layer.type} '{name}' has no weights in {path} (blobs {shapes})",
                 layer.span,
                 hint=suggestion_hint(name, [r.name for r in weights.layers if r.blobs])
-                or (
-                    "pass allow_missing=True to keep its filler values"
-                    if not allow_missing
-                    else None
-                ),
+                or (None if allow_missing else f"{opt_out} keeps its filler values"),
             )
         )
     if report.unused:
@@ -342,7 +339,7 @@ def load_caffemodel(module: Any, path: str | Path, *, allow_missing: bool = Fals
                 severity,
                 f"{path} has weights for {len(report.unused)} layer(s) not in this net: "
                 f"{names}{more}",
-                hint="pass allow_missing=True to ignore them" if not allow_missing else None,
+                hint=None if allow_missing else f"{opt_out} ignores them",
             )
         )
     diags.check()

@@ -107,6 +107,7 @@ def layer_times(
     return out
 
 
+
 def activation_peak_bytes(module: Any, inputs: dict[str, Any]) -> int:
     """The most memory that blobs (inputs and intermediates, not weights) hold at once during
     one forward pass of a CaffeModule, counting each storage once (in-place results and views
@@ -115,6 +116,8 @@ def activation_peak_bytes(module: Any, inputs: dict[str, Any]) -> int:
     import torch
     from torch import fx
 
+    weights = {t.untyped_storage().data_ptr() for t in [*module.parameters(), *module.buffers()]}
+
     class Meter(fx.Interpreter):
         def __init__(self) -> None:
             super().__init__(module, garbage_collect_values=True)
@@ -122,16 +125,29 @@ def activation_peak_bytes(module: Any, inputs: dict[str, Any]) -> int:
 
         def run_node(self, n: fx.Node) -> Any:
             result = super().run_node(n)
-            live = {
-                t.untyped_storage().data_ptr(): t.untyped_storage().nbytes()
-                for t in _tensors([*self.env.values(), result, *inputs.values()])
-            }
+            live: dict[int, int] = {}
+            for value in [*self.env.values(), result, *inputs.values()]:
+                for t in _tensors(value):
+                    ptr = t.untyped_storage().data_ptr()
+                    if ptr not in weights:
+                        live[ptr] = t.untyped_storage().nbytes()
             self.peak = max(self.peak, sum(live.values()))
             return result
 
-    params = {p.untyped_storage().data_ptr() for p in [*module.parameters(), *module.buffers()]}
     meter = Meter()
-    meter.env = _ExcludingParams(params)
     with torch.no_grad():
         meter.run(inputs)
     return meter.peak
+
+
+def _tensors(value: Any) -> list[Any]:
+    """The tensors in a node's value (a tensor, or a tuple/list/dict of them)."""
+    import torch
+
+    if isinstance(value, torch.Tensor):
+        return [value]
+    if isinstance(value, dict):
+        value = list(value.values())
+    if isinstance(value, (list, tuple)):
+        return [t for v in value for t in _tensors(v)]
+    return []
