@@ -124,19 +124,6 @@ class Runner:
         return out if self.impl == "opencv" else out.float().cpu().numpy()
 
 
-def blob_bytes(proto: Path, dtype: str) -> int:
-    """Sum of every blob's size: what Caffe allocates for a forward pass (in-place tops share
-    their bottom's blob, so each blob name counts once)."""
-    import math
-
-    from protocaffe.runtime.api import compile_net
-
-    graph = compile_net(proto)
-    itemsize = 4 if dtype == "float32" else 2
-    shapes = {v.blob: v.shape for v in graph.values.values()}
-    return sum(math.prod(s) for s in shapes.values()) * itemsize
-
-
 def live_bytes(args: argparse.Namespace, proto: Path, weights: Path, x) -> int:
     """protocaffe's activation peak: the most blob memory its generated code keeps alive."""
     import torch
@@ -177,6 +164,9 @@ def main(argv: list[str] | None = None) -> int:
     import numpy as np
     import torch
 
+    from protocaffe.runtime.api import compile_net
+    from protocaffe.runtime.timing import blob_bytes
+
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
     h, w = (int(v) for v in args.size.split(","))
@@ -215,7 +205,7 @@ def main(argv: list[str] | None = None) -> int:
                 cmd += ["--memory-of", impl, "--workdir", tmp]
                 done = subprocess.run(cmd, capture_output=True, text=True, check=True)
                 memory[impl] = json.loads(done.stdout.strip().splitlines()[-1])["peak"]
-        blobs = blob_bytes(proto, args.dtype)
+        blobs = blob_bytes(compile_net(proto), 4 if args.dtype == "float32" else 2)
         live = live_bytes(args, proto, weights, x) if "protocaffe" in impls else None
 
     results = {

@@ -18,7 +18,8 @@ MEAN = (104.0, 117.0, 123.0)
 # Per-pixel scores for 4 classes at the input's resolution: a segmentation net.
 SEGNET = f"""
 name: "seg"
-layer {{ name: "input" type: "Input" top: "data" input_param {{ shape {{ dim: 1 dim: 3 dim: 8 dim: 8 }} }} }}
+layer {{ name: "input" type: "Input" top: "data"
+  input_param {{ shape {{ dim: 1 dim: 3 dim: 8 dim: 8 }} }} }}
 layer {{ name: "conv1" type: "Convolution" bottom: "data" top: "conv1"
   convolution_param {{ num_output: 6 kernel_size: 3 pad: 1 {GAUSS} }} }}
 layer {{ name: "relu1" type: "ReLU" bottom: "conv1" top: "conv1" }}
@@ -29,7 +30,8 @@ layer {{ name: "score" type: "Convolution" bottom: "conv1" top: "score"
 # Conv, global pooling, InnerProduct on a fixed 6x6 input, Softmax: a classifier.
 CLASSIFIER = f"""
 name: "cls"
-layer {{ name: "input" type: "Input" top: "data" input_param {{ shape {{ dim: 1 dim: 3 dim: 6 dim: 6 }} }} }}
+layer {{ name: "input" type: "Input" top: "data"
+  input_param {{ shape {{ dim: 1 dim: 3 dim: 6 dim: 6 }} }} }}
 layer {{ name: "conv1" type: "Convolution" bottom: "data" top: "conv1"
   convolution_param {{ num_output: 4 kernel_size: 3 {GAUSS} }} }}
 layer {{ name: "fc" type: "InnerProduct" bottom: "conv1" top: "fc"

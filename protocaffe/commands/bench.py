@@ -54,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
 
     from protocaffe.commands.compile import parse_input_shapes
     from protocaffe.commands.run import load_model
-    from protocaffe.runtime.timing import layer_times, time_calls
+    from protocaffe.runtime.timing import activation_peak_bytes, blob_bytes, layer_times, time_calls
 
     shapes = parse_input_shapes(args.input)
     model = load_model(args, weights=None, input_shapes=shapes or None, quiet_fillers=True)
@@ -84,6 +84,8 @@ def run(args: argparse.Namespace) -> int:
         "inputs": {v.blob: list(v.shape) for v in module.caffe_graph.inputs},
         "iterations": args.iterations,
         "warmup": args.warmup,
+        "peak_activation_bytes": activation_peak_bytes(module, inputs),
+        "blob_bytes": blob_bytes(module.caffe_graph, torch.empty((), dtype=dtype).element_size()),
         "forward_ms": {"median": total.median * 1e3, "min": total.min * 1e3},
         "layers": [
             {
@@ -135,5 +137,10 @@ def render(result: dict) -> str:
         f"forward: median {fwd['median']:.3f} ms, min {fwd['min']:.3f} ms over "
         f"{result['iterations']} runs ({result['warmup']} warm-up) on {result['device']} "
         f"{result['dtype']}{mode}; input {inputs}"
+    )
+    mib = 1024 * 1024
+    lines.append(
+        f"memory: blobs peak at {result['peak_activation_bytes'] / mib:.1f} MiB live "
+        f"(all blobs together: {result['blob_bytes'] / mib:.1f} MiB, what Caffe allocates)"
     )
     return "\n".join(lines)

@@ -77,6 +77,21 @@ def build_graph(
     return graph
 
 
+def rebuild_graph(graph: Graph, input_shapes: Mapping[str, Shape]) -> Graph:
+    """`graph`'s net for the same NetState with other input shapes (Caffe's Net::Reshape)."""
+    from protocaffe.frontend import ParsedFile
+
+    parsed = ParsedFile(graph.net, graph.source_map, graph.source_map.source)
+    state = graph.state
+    return build_graph(
+        parsed,
+        state.phase,
+        stages=sorted(state.stages),
+        level=state.level,
+        input_shapes=input_shapes,
+    )
+
+
 def shape_context(
     graph: Graph, layer: Layer, overrides: Mapping[str, Shape] | None = None
 ) -> ShapeContext:

@@ -401,6 +401,22 @@ def assemble(
     return module
 
 
+def reshape_module(module: CaffeModule, input_shapes: dict[str, tuple[int, ...]]) -> CaffeModule:
+    """`module`'s net re-compiled for other input shapes, running on the same blobs."""
+    from protocaffe.ir.build import rebuild_graph
+
+    graph = rebuild_graph(module.caffe_graph, input_shapes)
+    by_name = {layer.name: attr for layer, attr in module._layer_attrs.items()}
+    attrs = {layer: by_name[layer.name] for layer in graph.layers if layer.name in by_name}
+    layers = {layer.name: layer for layer in attrs}
+    sharing = {(layers[old.name], blob): owner for (old, blob), owner in module._sharing.items()}
+    variant = assemble(graph, module, attrs, sharing, list(module.output_names))
+    variant.train(module.training)
+    if getattr(module, "_compiled_call_impl", None) is not None:
+        variant.compile()
+    return variant
+
+
 def lower_graph(
     graph: Graph,
     *,

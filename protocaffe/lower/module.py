@@ -4,6 +4,11 @@
 by Caffe name. Calling the module also accepts a single tensor (for a one-input net) or
 keyword arguments: `model(x)`, `model(data=x)`, `model({"data": x})`.
 
+The fx code is specialised to the input shapes the net was compiled for (Crop sizes, Reshape
+targets and the pooling path depend on them). Calling the module with other input shapes does
+what Caffe's Net::Reshape does: the net is re-compiled for those shapes (cached per shape) and
+runs on the same parameters, so an FCN takes any image size.
+
 Each layer with stored blobs is a child module named after the layer (sanitised to an
 identifier; `caffe_names` maps the Caffe name to the attribute), holding its blobs under their
 BlobSpec names (`conv1.weight`, `conv1.bias`, ...).
@@ -42,7 +47,32 @@ class CaffeModule(fx.GraphModule):
     output_names: list[str]  # keys of the returned dict
 
     def __call__(self, blobs: Any = None, /, **named: Any) -> dict[str, Any]:
-        return super().__call__(self._gather_inputs(blobs, named))
+        inputs = self._gather_inputs(blobs, named)
+        shapes = tuple(tuple(inputs[n].shape) for n in self.input_names)
+        target = self if shapes == self.input_shapes else self.reshaped(shapes)
+        return fx.GraphModule.__call__(target, inputs)
+
+    @property
+    def input_shapes(self) -> tuple[tuple[int, ...], ...]:
+        """The input blob shapes this module's code is specialised to, in `input_names` order."""
+        return tuple(tuple(v.shape) for v in self.caffe_graph.inputs)
+
+    def reshaped(self, shapes: Iterable[Iterable[int]]) -> CaffeModule:
+        """This net compiled for other input shapes (in `input_names` order), sharing blobs."""
+        key = tuple(tuple(int(d) for d in s) for s in shapes)
+        if key == self.input_shapes:
+            return self
+        variants = self.__dict__.setdefault("_variants", {})
+        if key not in variants:
+            from protocaffe.lower.builder import reshape_module
+
+            variants[key] = reshape_module(self, dict(zip(self.input_names, key, strict=True)))
+        return variants[key]
+
+    def _apply(self, fn: Any, recurse: bool = True) -> Any:
+        # Moving or casting may replace buffers; re-specialised variants are rebuilt lazily.
+        self.__dict__.pop("_variants", None)
+        return super()._apply(fn, recurse)
 
     def _gather_inputs(self, blobs: Any, named: dict[str, Any]) -> dict[str, Any]:
         if blobs is None:

@@ -107,7 +107,6 @@ def layer_times(
     return out
 
 
-
 def activation_peak_bytes(module: Any, inputs: dict[str, Any]) -> int:
     """The most memory that blobs (inputs and intermediates, not weights) hold at once during
     one forward pass of a CaffeModule, counting each storage once (in-place results and views
@@ -151,3 +150,12 @@ def _tensors(value: Any) -> list[Any]:
     if isinstance(value, (list, tuple)):
         return [t for v in value for t in _tensors(v)]
     return []
+
+
+def blob_bytes(graph: Any, itemsize: int = 4) -> int:
+    """The sum of every blob's size: what Caffe allocates for a forward pass. In-place layers
+    write into their bottom's blob, so each blob name counts once."""
+    import math
+
+    shapes = {v.blob: v.shape for v in graph.values.values()}
+    return sum(math.prod(s) for s in shapes.values()) * itemsize

@@ -1,0 +1,88 @@
+"""Calling a lowered net with new input shapes re-compiles it, as Caffe's Net::Reshape does."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import protocaffe
+from protocaffe.diagnostics import CompileError
+
+# A miniature FCN: padded conv, ceil-mode pool, deconv upsampling and a Crop back to the input,
+# so every shape-dependent lowering (pool path, crop extents) changes with the input size.
+MINI_FCN = """
+name: "mini_fcn"
+layer { name: "data" type: "Input" top: "data"
+        input_param { shape { dim: 1 dim: 3 dim: 20 dim: 20 } } }
+layer { name: "conv" type: "Convolution" bottom: "data" top: "conv"
+        convolution_param { num_output: 4 kernel_size: 3 pad: 10 weight_filler { type: "msra" } } }
+layer { name: "relu" type: "ReLU" bottom: "conv" top: "conv" }
+layer { name: "pool" type: "Pooling" bottom: "conv" top: "pool"
+        pooling_param { pool: MAX kernel_size: 3 stride: 2 } }
+layer { name: "up" type: "Deconvolution" bottom: "pool" top: "up"
+        convolution_param { num_output: 4 kernel_size: 4 stride: 2 bias_term: false
+                            weight_filler { type: "bilinear" } } }
+layer { name: "score" type: "Crop" bottom: "up" bottom: "data" top: "score"
+        crop_param { axis: 2 offset: 9 } }
+"""
+
+
+@pytest.fixture()
+def net_file(tmp_path):
+    path = tmp_path / "mini_fcn.prototxt"
+    path.write_text(MINI_FCN)
+    return path
+
+
+@pytest.mark.parametrize("shape", [(1, 3, 13, 17), (3, 3, 24, 9), (1, 3, 20, 20)])
+def test_new_shape_matches_a_net_compiled_for_it(net_file, shape):
+    net = protocaffe.load(net_file, device="cpu", seed=3)
+    fresh = protocaffe.load(net_file, device="cpu", seed=3, input_shapes={"data": shape})
+    x = torch.randn(*shape)
+    with torch.no_grad():
+        got, want = net(x)["score"], fresh(x)["score"]
+    assert tuple(got.shape) == (shape[0], 4, *shape[2:])
+    torch.testing.assert_close(got, want, rtol=0, atol=0)
+
+
+def test_batch_items_are_independent(net_file):
+    net = protocaffe.load(net_file, device="cpu", seed=1)
+    x = torch.randn(2, 3, 15, 11)
+    with torch.no_grad():
+        both = net(x)["score"]
+        first = net(x[:1])["score"]
+    torch.testing.assert_close(both[:1], first)
+
+
+def test_variants_share_parameters_and_follow_updates(net_file):
+    net = protocaffe.load(net_file, device="cpu", seed=1)
+    x = torch.randn(1, 3, 12, 12)
+    with torch.no_grad():
+        before = net(x)["score"].clone()
+        net.conv.weight.mul_(2)
+        after = net(x)["score"]
+    assert not torch.equal(before, after)
+    assert sorted(net.state_dict()) == ["conv.bias", "conv.weight", "up.weight"]
+
+
+def test_casting_drops_stale_variants(net_file):
+    net = protocaffe.load(net_file, device="cpu", seed=1)
+    with torch.no_grad():
+        net(torch.randn(1, 3, 12, 12))
+        net.to(torch.float64)
+        out = net(torch.randn(1, 3, 12, 12, dtype=torch.float64))["score"]
+    assert out.dtype == torch.float64
+
+
+def test_too_small_input_is_a_located_error(tmp_path):
+    path = tmp_path / "valid_conv.prototxt"
+    path.write_text(
+        'layer { name: "data" type: "Input" top: "data" '
+        "input_param { shape { dim: 1 dim: 1 dim: 8 dim: 8 } } }\n"
+        'layer { name: "conv" type: "Convolution" bottom: "data" top: "conv" '
+        "convolution_param { num_output: 1 kernel_size: 5 } }\n"
+    )
+    net = protocaffe.load(path, device="cpu", seed=0)
+    with pytest.raises(CompileError) as err:
+        net(torch.randn(1, 3, 2, 2))
+    assert "valid_conv.prototxt:" in str(err.value)
