@@ -134,7 +134,9 @@ def render(d: Diagnostic, color: bool = False) -> str:
             caret = " " * start + "^" + "~" * (width - 1)
             gutter = f"{d.span.line:>5} | "
             out.append(gutter + text)
-            out.append(" " * (len(gutter) - 2) + "| " + (f"{_GREEN}{caret}{_RESET}" if color else caret))
+            out.append(
+                " " * (len(gutter) - 2) + "| " + (f"{_GREEN}{caret}{_RESET}" if color else caret)
+            )
     if d.hint:
         out.append(f"  = hint: {d.hint}")
     out.extend(f"  = note: {n}" for n in d.notes)
@@ -156,7 +158,9 @@ def did_you_mean(word: str, candidates: Iterable[str], n: int = 3) -> list[str]:
     hits = difflib.get_close_matches(word, pool, n=n, cutoff=0.6)
     if not hits:
         lowered = {c.lower(): c for c in pool}
-        hits = [lowered[h] for h in difflib.get_close_matches(word.lower(), lowered, n=n, cutoff=0.6)]
+        hits = [
+            lowered[h] for h in difflib.get_close_matches(word.lower(), lowered, n=n, cutoff=0.6)
+        ]
     return hits
 
 
