@@ -2,7 +2,7 @@
 
 Inputs are prepared like Caffe's own tools (BGR, 0..255, mean subtracted; defaults from the data
 layer's transform_param, flags win). The net is re-shaped to every input size it meets (FCNs take
-any size): one module per distinct shape, all sharing the weights of the first; same-shape inputs
+any size; CaffeModule keeps one variant per shape, all sharing the weights); same-shape inputs
 run together in batches. Segmentation outputs become PNGs, classifier outputs a top-k list, and
 anything else a .npy file.
 """
@@ -103,12 +103,6 @@ class Model:
     channels_last: bool
     compiled: bool
 
-    def derive(self, module: Any) -> Model:
-        """The same settings around another module sharing this one's weights."""
-        if self.compiled:
-            module.compile()
-        return Model(module, self.device, self.dtype, self.channels_last, self.compiled)
-
 
 def load_model(
     args: argparse.Namespace,
@@ -156,32 +150,18 @@ def load_model(
     return model
 
 
-def reshaped(model: Model, input_shapes: dict[str, tuple[int, ...]]) -> Model:
-    """`model`'s net re-shaped to new input shapes, sharing its weights (no copy).
-
-    The graph is rebuilt from the same upgraded NetParameter and state; a layer whose stored
-    blobs would change shape (an InnerProduct after the spatial axes) cannot share weights.
-    """
-    from types import SimpleNamespace
-
-    from protocaffe.ir.build import build_graph
+def check_resizable(module: Any, shapes: dict[str, tuple[int, ...]]) -> None:
+    """Fail clearly when new input shapes would change a layer's stored blobs (an
+    InnerProduct after the spatial axes): the loaded weights fix the net's input size."""
     from protocaffe.layers.base import shape_str
-    from protocaffe.lower.builder import assemble
 
-    base = model.module
-    old = base.caffe_graph
-    parsed = SimpleNamespace(message=old.net, source_map=old.source_map)
-    state = old.state
-    graph = build_graph(
-        parsed, phase=state.phase, stages=state.stages, level=state.level, input_shapes=input_shapes
-    )
-    attrs, sharing = {}, {}
-    by_index = dict(zip(graph.layers, old.layers, strict=True))
-    for layer, was in by_index.items():
+    variant = module.reshaped([shapes[n] for n in module.input_names])
+    old = module.caffe_graph
+    for layer, was in zip(variant.caffe_graph.layers, old.layers, strict=True):
         now = [s.shape for s in layer.blob_specs]
         before = [s.shape for s in was.blob_specs]
         if now != before:
-            given = ", ".join(f"{k} {shape_str(v)}" for k, v in input_shapes.items())
+            given = ", ".join(f"{k} {shape_str(v)}" for k, v in shapes.items())
             declared = ", ".join(f"{v.blob} {shape_str(v.shape)}" for v in old.inputs)
             raise _error(
                 f"{layer.type} '{layer.name}': its weights fix the net's input size; input "
@@ -190,15 +170,6 @@ def reshaped(model: Model, input_shapes: dict[str, tuple[int, ...]]) -> Model:
                 layer.span,
                 hint=f"the net was defined for {declared}: pass --resize H,W to match it",
             )
-        if was in base._layer_attrs:
-            attrs[layer] = base._layer_attrs[was]
-        for (owner, name), target in base._sharing.items():
-            if owner is was:
-                sharing[(layer, name)] = target
-    extra = [k for k in base.output_names if k not in {v.blob for v in graph.outputs}]
-    module = assemble(graph, base, attrs, sharing, extra)
-    module.train(base.training)
-    return model.derive(module)
 
 
 def to_input(model: Model, array: Any) -> Any:
@@ -330,18 +301,18 @@ def run(args: argparse.Namespace) -> int:
     out_dir = Path(args.output)
     out_dir.mkdir(parents=True, exist_ok=True)
     writer = Writer(out_dir, labels, args.top_k, interpret, save_blobs)
-    models: dict[tuple[int, ...], Model] = {tuple(feed.shape): model}
+    checked = {tuple(feed.shape)}
     progress = Progress(len(paths))
     for batch in batches(iter_samples(paths, prep), args.batch_size):
         for sample in batch:
             check_channels(feed, sample)
         blob = batch[0].blob if len(batch) == 1 else _concat([s.blob for s in batch])
         shape = tuple(blob.shape)
-        if shape not in models:
-            models[shape] = reshaped(model, {feed.blob: shape})
-        current = models[shape]
-        with torch.no_grad():
-            result = current.module({feed.blob: to_input(current, blob)})
+        if shape not in checked:
+            check_resizable(model.module, {feed.blob: shape})
+            checked.add(shape)
+        with torch.no_grad():  # the module re-shapes itself per input shape, sharing weights
+            result = model.module({feed.blob: to_input(model, blob)})
         arrays = {k: v.detach().to("cpu", torch.float32).numpy() for k, v in result.items()}
         start = 0
         for sample in batch:

@@ -9,8 +9,9 @@ a small staging buffer. Writing streams one blob at a time in Caffe's own layout
 
 Matching follows Caffe's `CopyTrainedLayersFrom`: by layer name, blob count and shape checked
 (a legacy num/channels/height/width shape matches a target of at most 4 axes padded with
-leading 1s, like `Blob::ShapeEquals`). Unlike Caffe, a net layer with blobs that the file lacks,
-and a file layer with blobs that the net lacks, are errors unless `allow_missing=True`.
+leading 1s, like `Blob::ShapeEquals`). Unlike Caffe, a net layer with blobs that the file lacks
+is an error unless `allow_missing=True`; a file layer with blobs that the net lacks is
+skipped with a warning, as Caffe skips it.
 """
 
 from __future__ import annotations
@@ -332,15 +333,13 @@ def load_caffemodel(module: Any, path: str | Path, *, allow_missing: bool = Fals
             )
         )
     if report.unused:
+        # Caffe skips these too ("Ignoring source layer"): deploy nets routinely drop layers
+        # that training had, e.g. GoogLeNet's auxiliary classifiers.
         names = ", ".join(f"'{n}'" for n in report.unused[:10])
         more = f" and {len(report.unused) - 10} more" if len(report.unused) > 10 else ""
-        diags.add(
-            Diagnostic(
-                severity,
-                f"{path} has weights for {len(report.unused)} layer(s) not in this net: "
-                f"{names}{more}",
-                hint=None if allow_missing else f"{opt_out} ignores them",
-            )
+        diags.warning(
+            f"{path} has weights for {len(report.unused)} layer(s) not in this net, "
+            f"ignored as Caffe does: {names}{more}"
         )
     diags.check()
     with open(path, "rb") as f, torch.no_grad():
