@@ -41,6 +41,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=os.cpu_count(), help="torch and cv2 threads")
     p.add_argument("--channels-last", action="store_true")
     p.add_argument("--compile", action="store_true", help="torch.compile both torch modules")
+    p.add_argument(
+        "--freezing",
+        action="store_true",
+        help="with --compile: inductor freezing (weights folded as constants, oneDNN prepacked)",
+    )
     p.add_argument("--impls", default=",".join(IMPLS), help="subset of " + ",".join(IMPLS))
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory runs")
     p.add_argument("--json", metavar="FILE", help="also write the results as JSON")
@@ -169,6 +174,10 @@ def main(argv: list[str] | None = None) -> int:
 
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
+    if args.freezing:
+        import torch._inductor.config
+
+        torch._inductor.config.freezing = True
     h, w = (int(v) for v in args.size.split(","))
     shape = (1, 3, h, w)
     x = np.random.default_rng(0).uniform(-120, 130, shape).astype(np.float32)
