@@ -7,17 +7,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 from protocaffe import cli
 
 FCN8S = str(Path(__file__).resolve().parents[1] / "models" / "fcn8s.prototxt")
-
-
-@pytest.fixture(autouse=True)
-def only_compile(monkeypatch):
-    # Exercise the real main() while the other subcommands are developed independently.
-    monkeypatch.setattr(cli, "COMMANDS", ("compile",))
 
 
 def run(capsys, *argv: str) -> tuple[int, str, str]:
@@ -140,7 +132,7 @@ def test_phase_and_stage_flags(capsys, tmp_path):
 
 def test_compile_does_not_import_torch():
     code = (
-        "import sys; from protocaffe import cli; cli.COMMANDS = ('compile',); "
+        "import sys; from protocaffe import cli; "
         f"cli.main(['compile', {FCN8S!r}]); print('torch' in sys.modules)"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

@@ -5,6 +5,13 @@ from __future__ import annotations
 import argparse
 import json
 
+from protocaffe.commands._args import (
+    add_input_shapes,
+    add_runtime_args,
+    int_at_least,
+    parse_input_shapes,
+)
+
 DESCRIPTION = """\
 Time NET's forward pass on random input (weights from the layers' fillers): W warm-up runs,
 then N timed runs, reporting the median and minimum. The whole-net time calls the module as
@@ -14,45 +21,28 @@ share of the per-layer total."""
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    from protocaffe.commands.run import add_runtime_args
-
     p = subparsers.add_parser(
         "bench", help="time the forward pass per layer and in total", description=DESCRIPTION
     )
     p.add_argument("net", metavar="NET", help="the .prototxt net definition")
-    p.add_argument(
-        "--input",
-        action="append",
-        default=[],
-        metavar="NAME=N,C,H,W",
-        help="input blob shape (repeatable), e.g. data=1,3,500,500; default: the net's own",
+    add_input_shapes(
+        p, "input blob shape (repeatable), e.g. data=1,3,500,500; default: the net's own"
     )
-    p.add_argument("--iterations", type=_positive, default=10, metavar="N", help="timed runs (10)")
-    p.add_argument("--warmup", type=_non_negative, default=2, metavar="W", help="untimed runs (2)")
+    p.add_argument(
+        "--iterations", type=int_at_least(1), default=10, metavar="N", help="timed runs (10)"
+    )
+    p.add_argument(
+        "--warmup", type=int_at_least(0), default=2, metavar="W", help="untimed runs (2)"
+    )
     p.add_argument("--no-layers", action="store_true", help="skip the per-layer table")
     p.add_argument("--json", action="store_true", help="print the results as JSON")
     add_runtime_args(p)
     p.set_defaults(func=run)
 
 
-def _positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text}")
-    return value
-
-
-def _non_negative(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text}")
-    return value
-
-
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from protocaffe.commands.compile import parse_input_shapes
     from protocaffe.commands.run import load_model
     from protocaffe.runtime.timing import activation_peak_bytes, blob_bytes, layer_times, time_calls
 

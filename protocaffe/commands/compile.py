@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 
+from protocaffe.commands._args import add_input_shapes, parse_input_shapes
 from protocaffe.diagnostics import CompileError, Diagnostic, print_diagnostics
 
 DESCRIPTION = """\
@@ -23,13 +24,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         description=DESCRIPTION,
     )
     p.add_argument("net", metavar="NET", help="the .prototxt net definition")
-    p.add_argument(
-        "--input",
-        action="append",
-        default=[],
-        metavar="NAME=N,C,H,W",
-        help="override an input blob's shape (repeatable), e.g. data=1,3,500,500",
-    )
+    add_input_shapes(p, "override an input blob's shape (repeatable), e.g. data=1,3,500,500")
     p.add_argument("--phase", type=str.upper, choices=("TRAIN", "TEST"), help="default: TEST")
     p.add_argument("--stage", action="append", default=[], help="add a NetState stage (repeatable)")
     p.add_argument("--level", type=int, help="NetState level (default: the net's, else 0)")
@@ -41,25 +36,6 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "--emit-python", metavar="OUT.py", help="also write the net as a standalone PyTorch module"
     )
     p.set_defaults(func=run)
-
-
-def parse_input_shapes(specs: list[str]) -> dict[str, tuple[int, ...]]:
-    """`data=1,3,500,500` (or `1x3x500x500`) -> {"data": (1, 3, 500, 500)}."""
-    from protocaffe.cli import UsageError
-
-    shapes: dict[str, tuple[int, ...]] = {}
-    for spec in specs:
-        name, sep, dims = spec.partition("=")
-        try:
-            shape = tuple(int(d) for d in dims.replace("x", ",").split(","))
-        except ValueError:
-            shape = ()
-        if not sep or not name or not shape or any(d <= 0 for d in shape):
-            raise UsageError(f"--input expects NAME=N,C,H,W with positive sizes, not {spec!r}")
-        if name in shapes:
-            raise UsageError(f"--input gives blob '{name}' twice")
-        shapes[name] = shape
-    return shapes
 
 
 def run(args: argparse.Namespace) -> int:

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from protocaffe.commands._args import add_runtime_args, int_at_least
 from protocaffe.diagnostics import CompileError, Diagnostic
 
 if TYPE_CHECKING:
@@ -29,17 +30,6 @@ present; for a classifier the top-k classes; otherwise the output blob as .npy. 
 --weights the layers' fillers initialise the net, which is only useful for smoke tests."""
 
 DEFAULT_OUTPUT = "protocaffe-out"
-
-
-def add_runtime_args(p: argparse.ArgumentParser) -> None:
-    """Flags shared by `run` and `bench`: where and how the module executes."""
-    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="(auto)")
-    p.add_argument(
-        "--dtype", choices=("float32", "float16", "bfloat16"), default="float32", help="(float32)"
-    )
-    p.add_argument("--channels-last", action="store_true", help="NHWC memory format for 4-D blobs")
-    p.add_argument("--compile", action="store_true", help="torch.compile the module")
-    p.add_argument("--seed", type=int, default=0, help="seed for fillers and random inputs (0)")
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -67,8 +57,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     order.add_argument("--bgr", dest="bgr", action="store_true", default=None, help="(default)")
     order.add_argument("--rgb", dest="bgr", action="store_false", help="feed RGB channel order")
     p.add_argument("--resize", metavar="H,W", help="resize images before preprocessing")
-    p.add_argument("--batch-size", type=_positive, default=1, metavar="N", help="(1)")
-    p.add_argument("--top-k", type=_positive, default=5, metavar="K", help="classifier: (5)")
+    p.add_argument("--batch-size", type=int_at_least(1), default=1, metavar="N", help="(1)")
+    p.add_argument("--top-k", type=int_at_least(1), default=5, metavar="K", help="classifier: (5)")
     p.add_argument("--labels", metavar="FILE", help="class names, one per line")
     p.add_argument("--save-blobs", metavar="A,B", help="also save these blobs to <image>_blobs.npz")
     p.add_argument("--output-blob", metavar="NAME", help="the blob to interpret (default: outputs)")
@@ -77,13 +67,6 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     add_runtime_args(p)
     p.set_defaults(func=run)
-
-
-def _positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text}")
-    return value
 
 
 def _error(message: str, span: Any = None, hint: str | None = None) -> CompileError:

@@ -69,6 +69,19 @@ class CaffeModule(fx.GraphModule):
             variants[key] = reshape_module(self, dict(zip(self.input_names, key, strict=True)))
         return variants[key]
 
+    def compile(self, *args: Any, **kwargs: Any) -> None:
+        """torch.compile in place. Without arguments, an inference (eval) module on the CPU
+        compiles with inductor freezing: weights become constants and oneDNN pre-packs the
+        convolutions once, which is what makes the CPU forward beat OpenCV's. Frozen weights
+        are not re-read, so re-load the module after changing them."""
+        if not args and not kwargs and not self.training and self._on_cpu():
+            kwargs = {"options": {"freezing": True}}
+        super().compile(*args, **kwargs)
+
+    def _on_cpu(self) -> bool:
+        tensor = next(iter(self.parameters()), None)
+        return tensor is None or tensor.device.type == "cpu"
+
     def _apply(self, fn: Any, recurse: bool = True) -> Any:
         # Moving or casting may replace buffers; re-specialised variants are rebuilt lazily.
         self.__dict__.pop("_variants", None)
