@@ -74,7 +74,7 @@ def test_pointwise_lowering_matches_reference(type_, params, x):
 @pytest.mark.parametrize("shared", [False, True])
 def test_prelu_matches_reference(shared):
     text = layer("PReLU", f"prelu_param {{ channel_shared: {str(shared).lower()} }}")
-    slope = np.array([0.25] if shared else [0.1, -0.5, 2.0], dtype=np.float32)
+    slope = np.array(0.25 if shared else [0.1, -0.5, 2.0], dtype=np.float32)
     check(text, {"data": X}, [slope])
 
 
@@ -85,7 +85,8 @@ def test_prelu_blob_shape_and_default_filler():
     graph = compile_snippet(
         layer("PReLU", "prelu_param { channel_shared: true }"), {"data": (2, 3)}
     )
-    assert graph.layers[-1].blob_specs[0].shape == (1,)
+    # PReLULayer::LayerSetUp makes the shared slope a 0-axis blob (Blob(vector<int>(0))).
+    assert graph.layers[-1].blob_specs[0].shape == ()
     # Filler-initialised (no weights given): slope 0.25 everywhere.
     out = run_snippet(layer("PReLU"), {"data": X})["y"]
     np.testing.assert_allclose(out, np.where(X > 0, X, 0.25 * X), rtol=RTOL)

@@ -49,8 +49,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--output", default=DEFAULT_OUTPUT, metavar="DIR", help=f"(./{DEFAULT_OUTPUT})")
     p.add_argument(
         "--mean",
-        metavar="B,G,R",
-        help="per-channel mean in the net's channel order, e.g. 104.00699,116.66877,122.67892",
+        metavar="B,G,R|FILE",
+        help="per-channel mean in the net's channel order, e.g. 104.00699,116.66877,122.67892, "
+        "or a mean image (.binaryproto or .npy, CxHxW) subtracted pixel by pixel",
     )
     p.add_argument("--scale", type=float, help="multiply after subtracting the mean")
     order = p.add_mutually_exclusive_group()
@@ -184,24 +185,69 @@ def _parse_hw(text: str | None) -> tuple[int, int] | None:
 def preprocess_for(graph: Any, args: argparse.Namespace) -> Preprocess:
     """Defaults from the fed data layer's transform_param, overridden by flags."""
     from protocaffe.cli import UsageError
-    from protocaffe.runtime.preprocess import Preprocess, parse_floats
+    from protocaffe.runtime.preprocess import Preprocess, load_mean_file, parse_floats
 
-    try:
-        mean = parse_floats(args.mean, "--mean")
-    except CompileError as err:
-        raise UsageError(err.diagnostics[0].message) from None
+    mean_image = None
+    mean_file = _mean_file_arg(args.mean)
+    if mean_file is not None:
+        mean, mean_image = None, load_mean_file(mean_file)
+    else:
+        try:
+            mean = parse_floats(args.mean, "--mean")
+        except CompileError as err:
+            raise UsageError(err.diagnostics[0].message) from None
     value = fed_input(graph)
     proto = value.producer.proto if value.producer is not None else None
     has_transform = proto is not None and proto.HasField("transform_param")
+    transform = proto.transform_param if has_transform else None
     prep = Preprocess.from_transform(
-        proto.transform_param if has_transform else None,
+        transform,
         mean=mean,
         scale=args.scale,
         bgr=args.bgr,
         resize=_parse_hw(args.resize),
     )
+    if mean_image is not None:  # --mean FILE replaces the net's mean values / mean file
+        prep.mean, prep.mean_image = None, mean_image
+    elif mean is None and transform is not None and transform.HasField("mean_file"):
+        if len(transform.mean_value):
+            raise _error(
+                "transform_param sets both mean_file and mean_value; Caffe accepts only one",
+                proto_span(value.producer),
+            )
+        prep.mean_image = load_mean_file(_resolve_near(transform.mean_file, args.net))
     prep.grey = len(value.shape) == 4 and value.shape[1] == 1
     return prep
+
+
+def _mean_file_arg(text: str | None) -> str | None:
+    """--mean names a mean file (.binaryproto / .npy) rather than B,G,R values."""
+    if text is None:
+        return None
+    if Path(text).suffix.lower() in (".binaryproto", ".npy", ".proto") or Path(text).is_file():
+        if not Path(text).is_file():
+            raise _error(f"--mean {text}: no such file")
+        return text
+    return None
+
+
+def _resolve_near(path: str, net: str) -> str:
+    """A path from the prototxt: as given (Caffe resolves it from the working directory),
+    else next to the prototxt."""
+    if Path(path).is_file():
+        return path
+    near = Path(net).parent / path
+    if near.is_file():
+        return str(near)
+    raise _error(
+        f"transform_param.mean_file {path}: no such file (looked in the working directory "
+        f"and next to {net})",
+        hint="pass --mean FILE.binaryproto or --mean B,G,R",
+    )
+
+
+def proto_span(layer: Any) -> Any:
+    return layer.span if layer is not None else None
 
 
 def fed_input(graph: Any) -> Any:

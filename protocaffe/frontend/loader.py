@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
+from typing import NoReturn
 
 from protocaffe.diagnostics import CompileError, Diagnostic, SourceFile, Span
 from protocaffe.frontend.textformat import ParsedFile, parse_text
@@ -19,7 +21,7 @@ _BINARY_SUFFIXES = {
 _TEXT_CONTROLS = frozenset(b"\t\n\r\f\v")
 
 
-def _fail(message: str, hint: str | None = None, span: Span | None = None):
+def _fail(message: str, hint: str | None = None, span: Span | None = None) -> NoReturn:
     raise CompileError([Diagnostic("error", message, span, hint)])
 
 
@@ -28,6 +30,9 @@ def _binary_kind(path: Path, data: bytes) -> str | None:
     head = data[:4096]
     if head.startswith(b"\x89HDF"):
         return "an HDF5 file (e.g. a .caffemodel.h5)"
+    utf16 = _utf16_kind(head)
+    if utf16 is not None:
+        return utf16
     controls = sum(1 for b in head if b < 0x20 and b not in _TEXT_CONTROLS)
     if b"\x00" not in head and controls <= len(head) // 100:
         return None
@@ -45,6 +50,26 @@ def _binary_kind(path: Path, data: bytes) -> str | None:
     return "a binary file"
 
 
+def _utf16_kind(head: bytes) -> str | None:
+    """'UTF-16'/'UTF-32' text (Windows editors and PowerShell redirection write it), or None."""
+    for bom, name in (
+        (b"\xff\xfe\x00\x00", "UTF-32"),
+        (b"\x00\x00\xfe\xff", "UTF-32"),
+        (b"\xff\xfe", "UTF-16"),
+        (b"\xfe\xff", "UTF-16"),
+    ):
+        if head.startswith(bom):
+            return f"{name} text"
+    # No byte-order mark: ASCII text in UTF-16 has a NUL in every other byte.
+    pairs = head[: len(head) - len(head) % 2]
+    if len(pairs) >= 8:
+        even, odd = pairs[0::2], pairs[1::2]
+        for zeros, text in ((even, odd), (odd, even)):
+            if not zeros.strip(b"\x00") and all(0x09 <= b < 0x7F for b in text):
+                return "UTF-16 text"
+    return None
+
+
 def read_source(path: str | os.PathLike[str]) -> SourceFile:
     """Read a prototxt as UTF-8 text; binary, empty or badly encoded files are CompileErrors.
 
@@ -55,6 +80,11 @@ def read_source(path: str | os.PathLike[str]) -> SourceFile:
     data = p.read_bytes()
     kind = _binary_kind(p, data)
     if kind is not None:
+        if kind.endswith(" text"):
+            _fail(
+                f"{name} is {kind}; protocaffe reads prototxt files as UTF-8",
+                "save it as UTF-8 (e.g. `iconv -f UTF-16 -t UTF-8 IN > OUT`)",
+            )
         _fail(
             f"{name} is {kind}, not a text prototxt",
             "pass the .prototxt net definition here; trained weights go to --weights",
@@ -78,15 +108,52 @@ def read_source(path: str | os.PathLike[str]) -> SourceFile:
     return SourceFile(name, text)
 
 
+# A one-line string that ends like a file name (`nets/a:b.prototxt`) is a path even if it has a
+# ':' or '{'; prototxt text cannot end that way unquoted.
+_PATH_LIKE = re.compile(r"""^[^"'\s]*\.[A-Za-z0-9_]+$""")
+
+
 def _source(path_or_text: str | os.PathLike[str]) -> SourceFile:
-    """A path, or prototxt text itself (a string with a newline, '{' or ':' that is no file)."""
+    """A path, or prototxt text itself (a string with a newline, '{' or ':' that is no file).
+
+    A file that cannot be read is a CompileError ("cannot read ..."), like any other bad input.
+    """
     if (
         isinstance(path_or_text, str)
         and any(c in path_or_text for c in "\n{:")
+        and ("\n" in path_or_text or not _PATH_LIKE.match(path_or_text))
         and not os.path.exists(path_or_text)
     ):
         return SourceFile("<string>", path_or_text)
-    return read_source(path_or_text)
+    try:
+        return read_source(path_or_text)
+    except OSError as err:
+        _fail(f"cannot read '{os.fspath(path_or_text)}': {err.strerror or err}")
+
+
+def _reject_solver(source: SourceFile) -> None:
+    """A solver given where a net belongs: one error that says so (not one per solver field)."""
+    from protocaffe.frontend.textformat import detect_message_type, parse_tree
+    from protocaffe.proto import caffe_pb2
+
+    try:
+        tree = parse_tree(source.text)
+    except Exception:  # a syntax error: parse_text's own message says it best
+        return
+    if detect_message_type(tree) is not caffe_pb2.SolverParameter:
+        return
+    first = tree[0][0]
+    span = Span(source, first.line, first.column, first.line, first.column + len(first.value))
+    nets = []
+    for name_tok, _, value in tree:
+        if name_tok.value in ("net", "train_net", "test_net") and value.__class__ is list:
+            nets.append("".join(t.value[1:-1] for t in value))
+        elif name_tok.value in ("net_param", "train_net_param", "test_net_param"):
+            nets.append(f"its inline {name_tok.value} (line {name_tok.line})")
+    hint = "pass the net definition (.prototxt with layers) instead"
+    if nets:
+        hint += "; this solver uses " + ", ".join(dict.fromkeys(nets))
+    _fail(f"{source.path} is a solver definition (SolverParameter), not a net", hint, span)
 
 
 def load_net(path_or_text: str | os.PathLike[str]) -> ParsedFile:
@@ -95,7 +162,11 @@ def load_net(path_or_text: str | os.PathLike[str]) -> ParsedFile:
     The upgrade's notes are appended to the result's `diagnostics`.
     """
     source = _source(path_or_text)
-    parsed = parse_text(source.text, source.path, "net", source=source)
+    try:
+        parsed = parse_text(source.text, source.path, "net", source=source)
+    except CompileError:
+        _reject_solver(source)
+        raise
     try:
         from protocaffe.frontend.upgrade import upgrade_net
     except ModuleNotFoundError as err:  # the upgrader is optional while it is being written

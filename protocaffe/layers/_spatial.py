@@ -213,11 +213,20 @@ def deconv_out(size: int, extent: int, stride: int, pad: int) -> int:
     return stride * (size - 1) + extent - 2 * pad
 
 
-def pool_out(size: int, kernel: int, stride: int, pad: int, ceil: bool = True) -> int:
-    """PoolingLayer::Reshape: ceil (or floor) rounding, then the clip rule when padded."""
+def pool_out(
+    size: int, kernel: int, stride: int, pad: int, ceil: bool = True, clip: bool | None = None
+) -> int:
+    """PoolingLayer::Reshape: ceil (or floor) rounding, then the clip rule when padded.
+
+    Caffe applies the clip rule on both axes when *either* pad_h or pad_w is non-zero
+    (`if (pad_h_ || pad_w_)`), so `clip` is the layer's "any pad" flag; it defaults to
+    `pad > 0` for callers that pool one axis at a time.
+    """
     span = size + 2 * pad - kernel
     out = (-(-span // stride) if ceil else span // stride) + 1
-    if pad > 0 and (out - 1) * stride >= size + pad:
+    if clip is None:
+        clip = pad > 0
+    if clip and (out - 1) * stride >= size + pad:
         out -= 1  # the last window would start in the padding: Caffe drops it
     return out
 

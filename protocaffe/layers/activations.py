@@ -120,8 +120,10 @@ class PReLU(Pointwise):
             )
 
     def blobs(self, ctx: ShapeContext) -> list[BlobSpec]:
-        channels = 1 if ctx.param.channel_shared else ctx.bottoms[0][1]
-        return [BlobSpec("weight", (channels,), _prelu_filler(ctx))]
+        # PReLULayer::LayerSetUp: a 0-axis blob (one value) when shared, else [C]. A Caffe-written
+        # caffemodel stores the shared slope with an empty shape, which matches only ().
+        shape = () if ctx.param.channel_shared else (ctx.bottoms[0][1],)
+        return [BlobSpec("weight", shape, _prelu_filler(ctx))]
 
     def macs(self, ctx: ShapeContext, tops: list[Shape]) -> int:
         return count(tops[0])

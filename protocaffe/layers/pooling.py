@@ -46,8 +46,9 @@ class Pooling(LayerDef):
         p = ctx.param
         window = pool_window(p, bottom[2:], ctx.fail)
         ceil = p.round_mode == CEIL
+        clip = any(window.pad)  # Caffe: `if (pad_h_ || pad_w_)` clips both axes
         out = [
-            pool_out(n, k, s, q, ceil)
+            pool_out(n, k, s, q, ceil, clip)
             for n, k, s, q in zip(bottom[2:], window.kernel, window.stride, window.pad, strict=True)
         ]
         return window, out

@@ -137,18 +137,16 @@ def _text(buf: Any, start: int, end: int) -> str:
 def _blob(buf: Any, start: int, end: int) -> BlobRecord:
     rec = BlobRecord()
     legacy: dict[int, int] = {}
+    segments: dict[str, list[tuple[int, int]]] = {"<f4": [], "<f8": []}
     for number, wire, a, b in _fields(buf, start, end):
         if number in (_BLOB_DATA, _BLOB_DOUBLE_DATA):
             width, dtype = (4, "<f4") if number == _BLOB_DATA else (8, "<f8")
-            if rec.segments and rec.dtype != dtype:
-                continue  # Caffe prefers double_data; both present never happens in practice
-            rec.dtype = dtype
             if wire == _LEN:  # packed
                 if (b - a) % width:
                     raise WireError("packed blob data length is not a multiple of its width")
-                rec.segments.append((a, (b - a) // width))
+                segments[dtype].append((a, (b - a) // width))
             else:
-                rec.segments.append((a, 1))
+                segments[dtype].append((a, 1))
         elif number == _BLOB_SHAPE and wire == _LEN:
             dims: list[int] = []
             for n2, w2, a2, b2 in _fields(buf, a, b):
@@ -164,6 +162,9 @@ def _blob(buf: Any, start: int, end: int) -> BlobRecord:
             rec.shape = tuple(dims)
         elif number in (_BLOB_NUM, _BLOB_CHANNELS, _BLOB_HEIGHT, _BLOB_WIDTH) and wire == _VARINT:
             legacy[number] = b
+    # Blob::FromProto reads double_data whenever it is non-empty, else data.
+    rec.dtype = "<f8" if segments["<f8"] else "<f4"
+    rec.segments = segments[rec.dtype]
     if legacy:
         rec.legacy = tuple(legacy.get(n, 0) for n in range(1, 5))  # type: ignore[assignment]
     return rec

@@ -30,23 +30,32 @@ class Preprocess:
     bgr: bool = True  # Caffe nets trained from OpenCV/PIL->BGR pipelines expect BGR
     resize: tuple[int, int] | None = None  # (height, width)
     grey: bool = False  # one-channel nets: feed the luma (PIL's "L" weights) of the image
+    mean_image: np.ndarray | None = None  # CxHxW mean (a mean_file / .binaryproto)
+    crop_size: int = 0  # transform_param.crop_size: Caffe's TEST-phase centre crop
 
     @classmethod
     def from_transform(cls, transform, **overrides) -> Preprocess:
-        """Defaults from a TransformationParameter (mean_value, scale); flags win."""
+        """Defaults from a TransformationParameter (mean_value, scale, crop_size); flags win.
+
+        transform_param.mean_file is not read here (it is a path): see `load_mean_file`."""
         prep = cls()
         if transform is not None:
             if len(transform.mean_value):
                 prep.mean = tuple(float(v) for v in transform.mean_value)
             if transform.HasField("scale"):
                 prep.scale = float(transform.scale)
+            prep.crop_size = int(transform.crop_size)
         for key, value in overrides.items():
             if value is not None:
                 setattr(prep, key, value)
         return prep
 
     def image_to_blob(self, rgb: np.ndarray) -> np.ndarray:
-        """HxWx3 (or HxW) uint8/float RGB image -> 1xCxHxW float32 blob."""
+        """HxWx3 (or HxW) uint8/float RGB image -> 1xCxHxW float32 blob.
+
+        DataTransformer::Transform at TEST: centre crop to crop_size (offsets
+        (H - crop)/2, (W - crop)/2), then per pixel (x - mean) * scale, where the mean is
+        the mean image at the pixel's uncropped position, or the channel's mean_value."""
         img = rgb.astype(np.float32)
         if self.grey and img.ndim == 3:
             img = img @ np.asarray(LUMA, dtype=np.float32)
@@ -54,16 +63,92 @@ class Preprocess:
             img = img[:, :, None]
         if self.bgr and img.shape[2] == 3:
             img = img[:, :, ::-1]
+        chw = np.ascontiguousarray(img.transpose(2, 0, 1))
+        return self.transform(chw)[None]
+
+    def transform(self, chw: np.ndarray) -> np.ndarray:
+        """Caffe's TEST-phase DataTransformer on one CxHxW float image (channel order done)."""
+        channels, height, width = chw.shape
+        mean_image = self.mean_image
+        if mean_image is not None and self.mean is not None:
+            raise input_error(
+                "both a mean file and mean values are given; Caffe accepts only one",
+                hint="drop transform_param.mean_file or the mean values",
+            )
+        if mean_image is not None:
+            if mean_image.shape[0] != channels:
+                raise input_error(
+                    f"the mean file has {mean_image.shape[0]} channels but the image has "
+                    f"{channels}"
+                )
+            if mean_image.shape[1:] != (height, width):
+                raise input_error(
+                    f"the mean file is {mean_image.shape[1]}x{mean_image.shape[2]} but the "
+                    f"image is {height}x{width}; Caffe subtracts it pixel by pixel, so the "
+                    "sizes must agree",
+                    hint="pass --resize H,W to the mean file's size (with crop_size, Caffe "
+                    "crops the mean-subtracted image), or per-channel --mean B,G,R",
+                )
+            chw = chw - mean_image.astype(np.float32)
+        if self.crop_size:
+            crop = self.crop_size
+            if crop > height or crop > width:
+                raise input_error(
+                    f"crop_size {crop} is larger than the {height}x{width} image",
+                    hint="pass --resize H,W with H and W at least crop_size",
+                )
+            top, left = (height - crop) // 2, (width - crop) // 2
+            chw = chw[:, top : top + crop, left : left + crop]
         if self.mean is not None:
             mean = np.asarray(self.mean, dtype=np.float32)
-            if mean.size not in (1, img.shape[2]):
+            if mean.size not in (1, channels):
                 raise input_error(
-                    f"--mean has {mean.size} values but the image has {img.shape[2]} channels"
+                    f"--mean has {mean.size} values but the image has {channels} channels"
                 )
-            img = img - mean
+            chw = chw - mean.reshape(-1, 1, 1)
         if self.scale != 1.0:
-            img = img * np.float32(self.scale)
-        return np.ascontiguousarray(img.transpose(2, 0, 1)[None])
+            chw = chw * np.float32(self.scale)
+        return np.ascontiguousarray(chw, dtype=np.float32)
+
+
+def load_mean_file(path: str | Path) -> np.ndarray:
+    """A mean image as a CxHxW float32 array: a Caffe .binaryproto (BlobProto, as
+    compute_image_mean writes it) or a .npy (CxHxW, or 1xCxHxW)."""
+    path = Path(path)
+    if path.suffix.lower() == ".npy":
+        try:
+            arr = np.load(path, allow_pickle=False)
+        except (ValueError, OSError) as err:
+            raise input_error(f"{path}: cannot read mean .npy: {err}") from None
+    else:
+        from google.protobuf.message import DecodeError
+
+        from protocaffe.proto import caffe_pb2
+
+        blob = caffe_pb2.BlobProto()
+        try:
+            blob.ParseFromString(path.read_bytes())
+        except OSError as err:
+            raise input_error(f"cannot read mean file {path}: {err.strerror or err}") from None
+        except DecodeError:
+            raise input_error(f"{path}: not a binaryproto mean file (caffe.BlobProto)") from None
+        if len(blob.shape.dim):
+            shape = tuple(blob.shape.dim)
+        else:
+            shape = (blob.num, blob.channels, blob.height, blob.width)
+        values = blob.double_data if len(blob.double_data) else blob.data
+        arr = np.asarray(values, dtype=np.float32)
+        if arr.size != int(np.prod(shape)) or arr.size == 0:
+            raise input_error(
+                f"{path}: the mean blob holds {arr.size} values for shape "
+                f"{'x'.join(map(str, shape))}"
+            )
+        arr = arr.reshape(shape)
+    if arr.ndim == 4 and arr.shape[0] == 1:
+        arr = arr[0]
+    if arr.ndim != 3:
+        raise input_error(f"{path}: expected a CxHxW mean image, got shape {arr.shape}")
+    return arr.astype(np.float32)
 
 
 def load_image(path: Path, resize: tuple[int, int] | None = None) -> np.ndarray:
