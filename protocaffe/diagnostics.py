@@ -131,6 +131,7 @@ def render(d: Diagnostic, color: bool = False) -> str:
             else:
                 width = max(len(text.rstrip()) - start, 1)
             width = max(1, min(width, max(len(text) - start, 1)))
+            text, start, width = _clip(text, start, width)
             caret = " " * start + "^" + "~" * (width - 1)
             gutter = f"{d.span.line:>5} | "
             out.append(gutter + text)
@@ -141,6 +142,26 @@ def render(d: Diagnostic, color: bool = False) -> str:
         out.append(f"  = hint: {d.hint}")
     out.extend(f"  = note: {n}" for n in d.notes)
     return "\n".join(out)
+
+
+_MAX_QUOTED = 160  # columns of a source line quoted around the caret (minified files are long)
+_ELLIPSIS = "..."
+
+
+def _clip(text: str, start: int, width: int) -> tuple[str, int, int]:
+    """A window of a long source line around [start, start+width), marked with '...'."""
+    if len(text) <= _MAX_QUOTED:
+        return text, start, width
+    width = min(width, _MAX_QUOTED // 2)
+    left = max(0, min(start - _MAX_QUOTED // 4, len(text) - _MAX_QUOTED))
+    right = left + _MAX_QUOTED
+    window = text[left:right]
+    if left > 0:
+        window = _ELLIPSIS + window
+        start = start - left + len(_ELLIPSIS)
+    if right < len(text):
+        window += _ELLIPSIS
+    return window, start, width
 
 
 def print_diagnostics(diagnostics: Iterable[Diagnostic], stream=None) -> None:

@@ -152,4 +152,6 @@ def test_fmt_reports_errors_and_usage(tmp_path: Path, capsys: pytest.CaptureFixt
     assert main(["fmt", str(bad)]) == 1
     err = capsys.readouterr().err
     assert f"{bad}:1:9: error: unknown field 'nmae'" in err and "did you mean 'name'" in err
-    assert main(["fmt", str(tmp_path / "missing.prototxt")]) == 2
+    # A file that cannot be read is a bad input (exit 1), as in `compile` and `upgrade`.
+    assert main(["fmt", str(tmp_path / "missing.prototxt")]) == 1
+    assert "cannot read" in capsys.readouterr().err

@@ -217,6 +217,103 @@ CASES: dict[str, tuple[tuple[int, ...], str]] = {
             "out", "MVN", "data", "mvn_param { across_channels: true normalize_variance: false }"
         ),
     ),
+    # QA additions: more parameter combinations OpenCV's importer understands.
+    "pool_ave_pad_w_only": (
+        (1, 2, 7, 8),
+        pool("out", "pool: AVE kernel_h: 3 kernel_w: 3 stride_h: 2 stride_w: 2 pad_h: 0 pad_w: 1"),
+    ),
+    "pool_pad_h_only_clip": (
+        (1, 2, 4, 3),
+        pool("out", "pool: MAX kernel_h: 2 kernel_w: 1 stride_h: 1 stride_w: 3 pad_h: 1 pad_w: 0"),
+    ),
+    "conv_1x1_stride2": (
+        (1, 3, 7, 7),
+        conv("out", "data", "num_output: 4 kernel_size: 1 stride: 2"),
+    ),
+    "deconv_dilation": (
+        (1, 2, 5, 5),
+        conv("out", "data", "num_output: 3 kernel_size: 3 stride: 2 dilation: 2", "Deconvolution"),
+    ),
+    "inner_product_transpose": (
+        (2, 3, 2, 2),
+        layer(
+            "out",
+            "InnerProduct",
+            "data",
+            f"inner_product_param {{ num_output: 5 transpose: true {G} }}",
+        ),
+    ),
+    "scale_axis_num_axes": (
+        (2, 3, 4, 5),
+        layer(
+            "out",
+            "Scale",
+            "data",
+            'scale_param { axis: 1 num_axes: 2 bias_term: true filler { type: "gaussian" '
+            'std: 0.5 } bias_filler { type: "gaussian" std: 0.5 } }',
+        ),
+    ),
+    "scale_scalar": (
+        (2, 3, 4, 5),
+        layer("out", "Scale", "data", 'scale_param { num_axes: 0 filler { type: "gaussian" } }'),
+    ),
+    "power_full": (
+        (1, 3, 5, 5),
+        layer("out", "Power", "data", "power_param { power: 2 scale: 0.5 shift: 3 }"),
+    ),
+    "exp_base": (
+        (1, 3, 5, 5),
+        layer("out", "Exp", "data", "exp_param { base: 2 scale: 0.5 shift: 0.1 }"),
+    ),
+    "elu_default": ((1, 3, 5, 5), layer("out", "ELU", "data")),
+    "eltwise_sum_3_coeff": (
+        (1, 3, 4, 4),
+        layer("a", "ReLU", "data")
+        + layer("b", "TanH", "data")
+        + layer(
+            "out",
+            "Eltwise",
+            ["data", "a", "b"],
+            "eltwise_param { operation: SUM coeff: 1 coeff: -2 coeff: 0.5 }",
+        ),
+    ),
+    "softmax_axis_neg": ((2, 3, 4), layer("out", "Softmax", "data", "softmax_param { axis: -1 }")),
+    "concat_axis2": (
+        (1, 2, 3, 4),
+        layer("a", "TanH", "data")
+        + layer("out", "Concat", ["data", "a"], "concat_param { axis: 2 }"),
+    ),
+    "slice_points": (
+        (1, 6, 3, 3),
+        'layer { name: "s" type: "Slice" bottom: "data" top: "s1" top: "s2" top: "s3" '
+        "slice_param { axis: 1 slice_point: 1 slice_point: 4 } }" + layer("out", "TanH", "s2"),
+    ),
+    "reshape_infer": (
+        (2, 3, 4, 4),
+        layer("out", "Reshape", "data", "reshape_param { shape { dim: 0 dim: -1 dim: 8 } }"),
+    ),
+    "flatten_axis2": ((2, 3, 4, 4), layer("out", "Flatten", "data", "flatten_param { axis: 2 }")),
+    "lrn_within_size3": (
+        (1, 3, 6, 6),
+        layer(
+            "out",
+            "LRN",
+            "data",
+            "lrn_param { local_size: 3 alpha: 0.5 beta: 0.75 norm_region: WITHIN_CHANNEL }",
+        ),
+    ),
+    "lrn_across_k1": (
+        (1, 7, 4, 4),
+        layer("out", "LRN", "data", "lrn_param { local_size: 5 alpha: 0.3 beta: 0.6 k: 1 }"),
+    ),
+    "batchnorm_eps": (
+        (2, 3, 4, 4),
+        layer("out", "BatchNorm", "data", "batch_norm_param { eps: 0.01 }"),
+    ),
+    "mvn_across": (
+        (2, 3, 5, 5),
+        layer("out", "MVN", "data", "mvn_param { across_channels: true }"),
+    ),
 }
 
 # Cases where OpenCV 4.14 departs from Caffe: (reason, the layer our oracle checks instead).
@@ -231,6 +328,19 @@ OPENCV_DEVIATES: dict[str, tuple[str, str]] = {
     ),
     "log": ("OpenCV's Log layer ignores log_param (base, scale, shift): it is ln(x)", "out"),
     "lrn_across": ("OpenCV's LRN ignores lrn_param.k and always adds 1", "out"),
+    "pool_pad_h_only_clip": (
+        "Caffe clips the last window on both axes when either pad is non-zero "
+        "(`if (pad_h_ || pad_w_)`); OpenCV only on a padded axis",
+        "out",
+    ),
+    "deconv_dilation": (
+        "OpenCV's deconvolution ignores dilation; Caffe's output is s*(H-1) + d*(k-1)+1 - 2p",
+        "out",
+    ),
+    "inner_product_transpose": (
+        "OpenCV ignores inner_product_param.transpose (reads the KxN weight as NxK)",
+        "out",
+    ),
 }
 
 

@@ -5,9 +5,10 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 from protocaffe.commands._args import add_input_shapes, parse_input_shapes
-from protocaffe.diagnostics import CompileError, Diagnostic, print_diagnostics
+from protocaffe.diagnostics import CompileError, print_diagnostics
 
 DESCRIPTION = """\
 Parse NET (any Caffe prototxt format; legacy ones are upgraded), keep the layers of the chosen
@@ -47,18 +48,15 @@ def run(args: argparse.Namespace) -> int:
         explain_hint,
         explain_layer,
         failure_report,
-        find_layer,
+        find_layers,
         render_table,
     )
 
     shapes = parse_input_shapes(args.input)
     try:
-        try:
-            parsed = load_net(args.net)
-        except OSError as err:
-            raise CompileError(
-                [Diagnostic("error", f"cannot read '{args.net}': {err.strerror or err}")]
-            ) from None
+        # A Path: the argument is never taken for prototxt text; an unreadable file is a
+        # CompileError ("cannot read ...", exit 1).
+        parsed = load_net(Path(args.net))
         graph = build_graph(
             parsed, phase=args.phase, stages=args.stage, level=args.level, input_shapes=shapes
         )
@@ -71,14 +69,15 @@ def run(args: argparse.Namespace) -> int:
 
     explained: list[str] = []
     if args.explain:
-        layer = find_layer(graph, args.explain)
-        if layer is None:
+        layers = find_layers(graph, args.explain)
+        if not layers:
             hint = explain_hint(graph, args.explain)
             raise UsageError(
                 f"--explain: no layer or blob named '{args.explain}'"
                 + (f"; {hint}" if hint else "")
             )
-        explained = explain_layer(graph, layer)
+        for i, layer in enumerate(layers):  # a name may be used by several layers
+            explained += ([""] if i else []) + explain_layer(graph, layer)
 
     report = build_report(graph)
     if args.json:

@@ -31,7 +31,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from protocaffe.cli import UsageError
-    from protocaffe.diagnostics import Diagnostic, print_diagnostics
+    from protocaffe.diagnostics import CompileError, Diagnostic, print_diagnostics
     from protocaffe.frontend import format_message, parse_text, read_source
     from protocaffe.frontend.textformat import count_comments
 
@@ -39,8 +39,9 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError("--check writes nothing; drop -o")
     try:
         source = read_source(args.file)
-    except OSError as err:
-        raise UsageError(f"cannot read {args.file}: {err.strerror or err}") from err
+    except OSError as err:  # a bad input (exit 1), as in `compile` and `upgrade`
+        message = f"cannot read '{args.file}': {err.strerror or err}"
+        raise CompileError([Diagnostic("error", message)]) from None
     parsed = parse_text(source.text, source.path, source=source)
     print_diagnostics(parsed.diagnostics)
     out = format_message(parsed.message)
@@ -58,7 +59,8 @@ def run(args: argparse.Namespace) -> int:
         try:
             Path(args.output).write_text(out, encoding="utf-8")
         except OSError as err:
-            raise UsageError(f"cannot write {args.output}: {err.strerror or err}") from err
+            message = f"cannot write '{args.output}': {err.strerror or err}"
+            raise CompileError([Diagnostic("error", message)]) from None
     else:
         sys.stdout.write(out)
     return 0

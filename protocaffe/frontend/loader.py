@@ -128,7 +128,8 @@ def _source(path_or_text: str | os.PathLike[str]) -> SourceFile:
     try:
         return read_source(path_or_text)
     except OSError as err:
-        _fail(f"cannot read '{os.fspath(path_or_text)}': {err.strerror or err}")
+        message = f"cannot read '{os.fspath(path_or_text)}': {err.strerror or err}"
+        raise CompileError([Diagnostic("error", message)]) from None
 
 
 def _reject_solver(source: SourceFile) -> None:
@@ -153,7 +154,7 @@ def _reject_solver(source: SourceFile) -> None:
     hint = "pass the net definition (.prototxt with layers) instead"
     if nets:
         hint += "; this solver uses " + ", ".join(dict.fromkeys(nets))
-    _fail(f"{source.path} is a solver definition (SolverParameter), not a net", hint, span)
+    _fail("this file is a solver definition (SolverParameter), not a net", hint, span)
 
 
 def load_net(path_or_text: str | os.PathLike[str]) -> ParsedFile:

@@ -486,7 +486,7 @@ class _Builder:
             name = name_tok.value
             plan = plans.get(name)
             if plan is None:
-                self.unknown_field(msg.DESCRIPTOR, name_tok, fields)
+                self.unknown_field(msg.DESCRIPTOR, name_tok, fields, value)
                 continue
             if value.__class__ is tuple and value[0] is LIST:
                 if not plan.repeated:
@@ -613,12 +613,14 @@ class _Builder:
                 )
         return converted
 
-    def unknown_field(self, descriptor: Descriptor, name_tok: Tok, siblings: list) -> None:
+    def unknown_field(
+        self, descriptor: Descriptor, name_tok: Tok, siblings: list, value: Any = None
+    ) -> None:
         name = name_tok.value
         self.error(
             f"unknown field '{name}' in {descriptor.name}",
             name_tok,
-            hint=unknown_field_hint(descriptor, name, siblings),
+            hint=unknown_field_hint(descriptor, name, siblings, value),
         )
 
 
@@ -698,14 +700,38 @@ def _param_for_type(layer_type: str) -> str:
     return _CAMEL.sub("_", layer_type).lower() + "_param"
 
 
-def unknown_field_hint(descriptor: Descriptor, name: str, siblings: list) -> str | None:
-    """Did-you-mean, the sub-message the field belongs in, or the fork that defines it."""
+def _fits(fd: FieldDescriptor, value: Any) -> bool:
+    """Whether `value` (None: unknown) has the shape `fd` takes: a block for a message field."""
+    if value is None:
+        return True
+    if value.__class__ is tuple and value[0] is LIST:
+        return fd.is_repeated and all(_fits(fd, item) for item in value[1])
+    is_block = value.__class__ is tuple and value[0] is MSG
+    return is_block == (fd.type == FieldDescriptor.TYPE_MESSAGE)
+
+
+def unknown_field_hint(
+    descriptor: Descriptor, name: str, siblings: list, value: Any = None
+) -> str | None:
+    """Did-you-mean, the sub-message the field belongs in, or the fork that defines it.
+
+    `value` (the tree value written for the field) keeps a block from being sent to a scalar
+    field of the same name (python_param.layer is a string; `layer { layer { ... } } }` is V0).
+    """
     if name in FORK_FIELDS:
         return f"'{name}' is from {FORK_FIELDS[name]}; it is not in BVLC caffe.proto"
+    is_block = value.__class__ is tuple and value[0] is MSG
+    if descriptor.name == "LayerParameter" and name == "layer" and is_block:
+        return (
+            "a layer does not nest inside a layer; the V0 format nests 'layer { ... }' inside "
+            "'layers { ... }', the current format writes the layer's fields in 'layer { ... }'"
+        )
     homes = [
         fd.name
         for fd in descriptor.fields
-        if fd.type == FieldDescriptor.TYPE_MESSAGE and name in fd.message_type.fields_by_name
+        if fd.type == FieldDescriptor.TYPE_MESSAGE
+        and name in fd.message_type.fields_by_name
+        and _fits(fd.message_type.fields_by_name[name], value)
     ]
     if homes:
         layer_type = next(
@@ -718,7 +744,8 @@ def unknown_field_hint(descriptor: Descriptor, name: str, siblings: list) -> str
         )
         if layer_type is not None and _param_for_type(layer_type) in homes:
             home = _param_for_type(layer_type)
-            return f"'{name}' belongs in {home}: write '{home} {{ {name}: ... }}'"
+            written = f"{name} {{ ... }}" if is_block else f"{name}: ..."
+            return f"'{name}' belongs in {home}: write '{home} {{ {written} }}'"
         shown = " or ".join(homes[:4]) + (" ..." if len(homes) > 4 else "")
         return f"'{name}' is not a field of {descriptor.name}; it belongs in {shown}"
     return suggestion_hint(name, descriptor.fields_by_name)

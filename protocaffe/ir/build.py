@@ -174,6 +174,8 @@ class _Builder:
             else:
                 for top in lp.top:
                     excluded_producers.setdefault(top, lp.name)
+        if not kept:
+            self.warn_empty(state)
         # Who produces each blob anywhere in the kept net, to explain out-of-order bottoms.
         producers: dict[str, list[tuple[int, str]]] = {}
         for order, i in enumerate(kept):
@@ -350,6 +352,21 @@ class _Builder:
                 span,
                 hint,
             )
+
+    def warn_empty(self, state: Any) -> None:
+        path = self.graph.source_map.source.path if self.graph.source_map else "the net"
+        if not len(self.net.layer):
+            self.diags.warning(
+                f"{path} defines no layers",
+                hint="a net is a list of 'layer { ... }' blocks; is this the right file?",
+            )
+            return
+        stages = f" with stages {sorted(state.stages)}" if state.stages else ""
+        self.diags.warning(
+            f"no layer is part of the net in phase {state.phase_name}, level {state.level}"
+            f"{stages}: the include/exclude rules leave out all {len(self.net.layer)}",
+            hint="check the layers' include/exclude rules, or pass --phase/--stage/--level",
+        )
 
     def check_overrides(self) -> None:
         names = [v.blob for v in self.graph.inputs]

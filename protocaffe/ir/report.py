@@ -214,8 +214,19 @@ def find_layer(graph: Graph, name: str) -> Layer | None:
         return None
 
 
+def find_layers(graph: Graph, name: str) -> list[Layer]:
+    """Every layer called `name` (names may repeat), or else the producer of the blob `name`."""
+    found = [layer for layer in graph.layers if layer.name == name]
+    if found:
+        return found
+    producer = find_layer(graph, name)
+    return [producer] if producer is not None else []
+
+
 def explain_hint(graph: Graph, name: str) -> str | None:
-    return suggestion_hint(name, [layer.name for layer in graph.layers])
+    names = [layer.name for layer in graph.layers]
+    blobs = [v.blob for v in graph.values.values()]
+    return suggestion_hint(name, dict.fromkeys([*names, *blobs]))
 
 
 def explain_layer(graph: Graph, layer: Layer) -> list[str]:

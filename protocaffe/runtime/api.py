@@ -34,7 +34,7 @@ def compile_net(
 
     shapes = {k: tuple(v) for k, v in (input_shapes or {}).items()}
     return build_graph(
-        load_net(str(prototxt)), phase=phase, stages=stages, level=level, input_shapes=shapes
+        load_net(Path(prototxt)), phase=phase, stages=stages, level=level, input_shapes=shapes
     )
 
 

@@ -66,6 +66,14 @@ class Preprocess:
         chw = np.ascontiguousarray(img.transpose(2, 0, 1))
         return self.transform(chw)[None]
 
+    def crop_image(self, image: np.ndarray) -> np.ndarray:
+        """The HxW(x3) image region the blob shows (for overlays): the centre crop, if any."""
+        crop = self.crop_size
+        if not crop or crop > image.shape[0] or crop > image.shape[1]:
+            return image
+        top, left = (image.shape[0] - crop) // 2, (image.shape[1] - crop) // 2
+        return image[top : top + crop, left : left + crop]
+
     def transform(self, chw: np.ndarray) -> np.ndarray:
         """Caffe's TEST-phase DataTransformer on one CxHxW float image (channel order done)."""
         channels, height, width = chw.shape
@@ -78,8 +86,7 @@ class Preprocess:
         if mean_image is not None:
             if mean_image.shape[0] != channels:
                 raise input_error(
-                    f"the mean file has {mean_image.shape[0]} channels but the image has "
-                    f"{channels}"
+                    f"the mean file has {mean_image.shape[0]} channels but the image has {channels}"
                 )
             if mean_image.shape[1:] != (height, width):
                 raise input_error(
@@ -209,7 +216,7 @@ def iter_samples(paths: Sequence[Path], prep: Preprocess) -> Iterator[Sample]:
             yield Sample(path, load_npy(path), None)
         else:
             rgb = load_image(path, prep.resize)
-            yield Sample(path, prep.image_to_blob(rgb), rgb)
+            yield Sample(path, prep.image_to_blob(rgb), prep.crop_image(rgb))
 
 
 def probe_shape(path: Path, prep: Preprocess) -> tuple[int, ...] | None:
@@ -226,6 +233,8 @@ def probe_shape(path: Path, prep: Preprocess) -> tuple[int, ...] | None:
     except Exception:  # any unreadable file is reported when it is loaded
         return None
     h, w = prep.resize or (height, width)
+    if prep.crop_size:
+        h, w = min(h, prep.crop_size), min(w, prep.crop_size)
     return (1 if prep.grey else 3, h, w)
 
 
