@@ -60,7 +60,7 @@ def run_snippet(
         assign_blobs(module, blobs)
     feed = {}
     for name, a in arrays.items():
-        t = torch.from_numpy(np.ascontiguousarray(a))
+        t = torch.from_numpy(np.ascontiguousarray(a).reshape(np.shape(a)))
         feed[name] = t.to(dtype) if t.is_floating_point() else t
     with torch.no_grad():
         result = module(feed)

@@ -50,7 +50,8 @@ def caffe_pool(x, pool, kh, kw, sh, sw, ph, pw, ceil=True):
             for h in range(max(hs, 0), min(he, height)):
                 for w in range(max(ws, 0), min(we, width)):
                     acc += x[i, j, h, w]
-            top[i, j, a, b] = acc / size
+            with np.errstate(invalid="ignore", divide="ignore"):
+                top[i, j, a, b] = acc / np.float32(size)  # 0/0 = NaN as in Caffe
     return top
 
 
