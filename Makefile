@@ -30,7 +30,7 @@ proto: $(STAMP)
 
 demo: $(STAMP)
 	$(VENV)/bin/protocaffe compile models/fcn8s.prototxt --input data=1,3,500,500
-	$(VENV)/bin/protocaffe run models/fcn8s.prototxt --input examples/scene.png --output demo-out --seed 0
+	$(VENV)/bin/protocaffe run models/fcn8s.prototxt --input examples/scene.png --labels examples/voc_classes.txt --output demo-out --seed 0
 
 bench: $(STAMP)
 	$(VPY) benchmarks/bench_parse.py
