@@ -189,6 +189,71 @@ def test_blob_count_mismatch(tmp_path):
         load_caffemodel(m, path)
 
 
+DUPLICATES = """
+layer { name: "ip" type: "InnerProduct" bottom: "x" top: "y1"
+  inner_product_param { num_output: 3 } }
+layer { name: "ip" type: "InnerProduct" bottom: "x" top: "y2"
+  inner_product_param { num_output: 3 weight_filler { type: "constant" value: 7 } } }
+"""
+
+
+def ip_file(path, *weights):
+    """A .caffemodel with one InnerProduct layer named 'ip' per weight matrix (3x5, bias 0)."""
+    net = caffe_pb2.NetParameter(name="dup")
+    for w in weights:
+        layer = net.layer.add(name="ip", type="InnerProduct")
+        for a in (w, np.zeros(3, np.float32)):
+            blob = layer.blobs.add()
+            blob.shape.dim.extend(a.shape)
+            blob.data.extend(a.ravel().tolist())
+    path.write_bytes(net.SerializeToString())
+
+
+def test_duplicate_net_layer_names_first_one_gets_the_weights(tmp_path):
+    # Caffe's CopyTrainedLayersFrom searches layer_names_ from the front: only the first net
+    # layer named 'ip' receives the weights; the second keeps its filler values, silently.
+    path = tmp_path / "a.caffemodel"
+    w = np.arange(15, dtype=np.float32).reshape(3, 5)
+    ip_file(path, w)
+    g = compile_snippet(DUPLICATES, {"x": (2, 5)})
+    m = lower_graph(g, init=False)  # as protocaffe.load does before loading weights
+    report = load_caffemodel(m, path)
+    assert report.loaded == ["ip"] and not report.missing and not report.unused
+    first, second = (m.blob_tensor(layer, "weight") for layer in g.layers if layer.name == "ip")
+    np.testing.assert_array_equal(first.detach().numpy(), w)
+    assert torch.all(second == 7)
+    (warning,) = report.diagnostics
+    assert warning.severity == "warning" and warning.span.line == 4
+    assert "'ip' keeps its filler values" in warning.message and "(line 2)" in warning.message
+
+
+def test_duplicate_file_layer_names_last_one_wins(tmp_path):
+    # Each file layer is copied into the same net layer, so the last one's values remain.
+    path = tmp_path / "a.caffemodel"
+    w1, w2 = np.ones((3, 5), np.float32), np.full((3, 5), 2, np.float32)
+    ip_file(path, w1, w2)
+    m = lower_graph(compile_snippet(IP, {"x": (2, 5)}))
+    report = load_caffemodel(m, path)
+    np.testing.assert_array_equal(m.ip.weight.detach().numpy(), w2)
+    assert [
+        "has 2 layers named 'ip'; the last one's weights are used" in d.message
+        for d in report.diagnostics
+    ] == [True]
+
+
+def test_duplicate_name_first_layer_without_blobs_is_an_error(tmp_path):
+    # Caffe would copy the weights into the ReLU and stop: incompatible number of blobs.
+    path = tmp_path / "a.caffemodel"
+    ip_file(path, np.ones((3, 5), np.float32))
+    text = 'layer { name: "ip" type: "ReLU" bottom: "x" top: "r" }\n' + IP
+    m = lower_graph(compile_snippet(text, {"x": (2, 5)}))
+    with pytest.raises(CompileError) as err:
+        load_caffemodel(m, path)
+    (d,) = err.value.diagnostics
+    assert "incompatible number of blobs for layer 'ip'" in d.message and d.span.line == 1
+    assert "first net layer with the name" in d.hint
+
+
 def test_unpacked_float_data(tmp_path):
     # Old writers emitted `data` unpacked (one tag per float); the reader accepts both.
     def key(field, wire):

@@ -234,3 +234,138 @@ def test_bom_is_accepted(tmp_path: Path) -> None:
     path = tmp_path / "bom.prototxt"
     path.write_bytes(b'\xef\xbb\xbfname: "n"\n')
     assert read_source(path).text == 'name: "n"\n'
+
+
+# --- recovery after a syntax error: several errors in one run, no cascades ------------------
+
+
+def test_syntax_errors_in_different_layers_are_all_reported() -> None:
+    text = (
+        'name: "n"\n'
+        'layer {\n  name: "a"\n  type: @\n}\n'
+        'layer {\n  name: "b"\n  top: "x" 3\n}\n'
+        'layer {\n  name: "c"\n  bottom: "x"\n}\n'
+    )
+    diags = errors(text)
+    assert [(d.message, at(d)) for d in diags] == [
+        ("unexpected character '@'", (4, 9)),
+        ("unexpected '3'; expected a field name or '}'", (8, 12)),
+    ]
+
+
+def test_syntax_error_then_a_schema_error_later() -> None:
+    text = 'layer {\n  name: "a\n  type: "ReLU"\n}\nlayer {\n  nmae: "b"\n}\n'
+    diags = errors(text)
+    assert [(d.message, at(d)) for d in diags] == [
+        ("unterminated string", (2, 9)),
+        ("unknown field 'nmae' in LayerParameter", (6, 3)),
+    ]
+    assert diags[1].hint == "did you mean 'name'?"
+
+
+def test_schema_errors_before_and_after_a_syntax_error_are_in_file_order() -> None:
+    text = 'nmae: "n"\nlayer {\n  name: }\nlayer {\n  typo: 1\n}\n'
+    diags = errors(text)
+    assert [at(d) for d in diags] == [(1, 1), (3, 7), (5, 3)]
+
+
+def test_unterminated_string_swallowing_the_rest_gives_one_error() -> None:
+    # No top-level block after it to resume at: the rest of the file is not guessed at.
+    text = 'layer {\n  name: "a"\n  type: "Conv\n  convolution_param {\n    pad: "1 }\n}\n'
+    d = only_error(text)
+    assert d.message == "unterminated string" and at(d) == (3, 9)
+    # Resuming at the next layer: a clean layer adds nothing.
+    d = only_error('name: "net\nlayer {\n  name: "a"\n  type: "ReLU"\n}\n')
+    assert d.message == "unterminated string" and at(d) == (1, 7)
+
+
+def test_unterminated_brace_then_the_next_layer_is_still_checked() -> None:
+    text = 'layer {\n  name: "a"\n  param {\n    lr_mult: 1\nlayer {\n  nmae: "b"\n}\n'
+    diags = errors(text)
+    assert [(d.message.split(":")[0], at(d)) for d in diags] == [
+        ("unterminated '{'", (3, 9)),
+        ("unknown field 'nmae' in LayerParameter", (6, 3)),
+    ]
+
+
+def test_missing_value_before_the_next_layer() -> None:
+    # `name:` takes `layer` as its value; the error says what was meant, and the layer that
+    # follows is checked rather than reported as a bad value for 'name'.
+    diags = errors('name:\nlayer {\n  nmae: "b"\n}\n')
+    assert [(d.message, at(d)) for d in diags] == [
+        ("missing value for 'name' after ':'", (1, 5)),
+        ("unknown field 'nmae' in LayerParameter", (3, 3)),
+    ]
+
+
+def test_an_early_closing_brace_drops_its_layer_not_a_cascade() -> None:
+    # The stray fields after the early '}' are not reported as unknown in NetParameter.
+    text = (
+        'layer {\n  name: "a"\n  param { lr_mult: 1 } }\n  type: "Conv"\n}\n'
+        'layer {\n  nmae: "b"\n}\n'
+    )
+    diags = errors(text)
+    assert [(d.message, at(d)) for d in diags] == [
+        ("unmatched '}'", (5, 1)),
+        ("unknown field 'nmae' in LayerParameter", (7, 3)),
+    ]
+
+
+def test_v0_nested_layer_is_not_a_resume_point() -> None:
+    text = 'layers {\nlayer {\nname: "a"\ntype: @\n}\n}\nlayers {\nlayer {\nnmae: "b"\n}\n}\n'
+    diags = errors(text)
+    assert [(d.message, at(d)) for d in diags] == [
+        ("unexpected character '@'", (4, 7)),
+        ("unknown field 'nmae' in V0LayerParameter", (9, 1)),
+    ]
+
+
+def test_parse_error_followed_by_a_bad_character_is_one_error() -> None:
+    d = only_error("layer { name: }\n@\n")
+    assert d.message == "missing value for 'name' after ':'"
+
+
+def test_indented_layer_is_not_a_resume_point() -> None:
+    # Only a block opened in column 1 is taken for a top-level statement.
+    d = only_error('layer {\n  name: @\n  layer {\n    nmae: "b"\n  }\n}\n')
+    assert d.message == "unexpected character '@'"
+
+
+def test_solver_with_a_syntax_error_given_as_a_net(tmp_path: Path) -> None:
+    # Judged from the statements before the error: one error that says so, not one unknown
+    # NetParameter field per solver field.
+    from protocaffe.frontend import load_net
+
+    path = tmp_path / "solver.prototxt"
+    path.write_text('net: "train.prototxt"\nbase_lr: 0.01\ntrain_state {\n  stage: @\n}\n')
+    with pytest.raises(CompileError) as info:
+        load_net(path)
+    messages = [d.message for d in info.value.diagnostics]
+    assert messages == [
+        "this file is a solver definition (SolverParameter), not a net",
+        "unexpected character '@'",
+    ]
+
+
+def test_error_in_a_top_level_scalar_resumes_at_the_next_layer() -> None:
+    diags = errors('nmae: "net\nlayer {\n  typo: 1\n}\n')
+    assert [(d.message, at(d)) for d in diags] == [
+        ("unterminated string", (1, 7)),
+        ("unknown field 'typo' in LayerParameter", (3, 3)),
+    ]
+
+
+def test_error_in_an_unknown_block_does_not_resume_inside_it() -> None:
+    # A fork's block (unknown here) could hold anything, even a column-1 'layer {'.
+    d = only_error("fork_block {\n  x: @\nlayer {\n  typo: 1\n}\n}\n")
+    assert d.message == "unexpected character '@'"
+
+
+def test_too_many_syntax_errors_stop_with_a_note() -> None:
+    text = "".join(f'layer {{\n  name: "l{i}" @\n}}\n' for i in range(60))
+    diags = errors(text)
+    assert (
+        len(diags) == 51
+        and diags[-1].severity == "note"
+        and "stopped after 50" in (diags[-1].message)
+    )

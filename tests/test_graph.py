@@ -185,11 +185,18 @@ def test_duplicate_layer_names():
         'layer {{ name: "{}" type: "Convolution" bottom: "data" top: "{}" '
         "convolution_param {{ num_output: 2 kernel_size: 1 }} }}\n"
     )
-    (err,) = errors(INPUT + conv.format("c", "c1") + conv.format("c", "c2"))
-    assert "layer name 'c' is used by 2 layers" in err.message and err.span.line == 3
-    # Without parameters nothing collides: a warning.
+    # Caffe accepts duplicate names; weights go by name to the first such layer only.
+    g = build(INPUT + conv.format("c", "c1") + conv.format("c", "c2"))
+    (w,) = g.diagnostics
+    assert w.severity == "warning" and w.span.line == 3
+    assert "layer name 'c' is used by 2 layers (lines 2, 3)" in w.message
+    assert "only the first 'c' (line 2) receives .caffemodel weights" in w.hint
+    assert w.notes == ["net.prototxt:2:9: the first layer named 'c'"]
+    assert [lay.name for lay in g.layers].count("c") == 2
+    # Without parameters nothing is lost: a plain warning.
     g = build(INPUT + relu("r", "data", "a") + relu("r", "data", "b"))
-    assert [d.severity for d in g.diagnostics] == ["warning"]
+    (w,) = g.diagnostics
+    assert w.severity == "warning" and "unique" in w.hint and "first" not in w.hint
 
 
 def test_in_place_on_a_type_that_does_not_support_it_warns():

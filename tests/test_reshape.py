@@ -86,3 +86,20 @@ def test_too_small_input_is_a_located_error(tmp_path):
     with pytest.raises(CompileError) as err:
         net(torch.randn(1, 3, 2, 2))
     assert "valid_conv.prototxt:" in str(err.value)
+
+
+def test_reshaping_keeps_same_named_layers_apart(tmp_path):
+    # Caffe allows two layers with one name; each keeps its own blobs after a reshape.
+    path = tmp_path / "dup.prototxt"
+    path.write_text(
+        'layer { name: "data" type: "Input" top: "data" input_param { shape { dim: 1 dim: 2 } } }\n'
+        'layer { name: "ip" type: "InnerProduct" bottom: "data" top: "a" inner_product_param {'
+        ' num_output: 1 weight_filler { type: "constant" value: 1 } } }\n'
+        'layer { name: "ip" type: "InnerProduct" bottom: "data" top: "b" inner_product_param {'
+        ' num_output: 1 weight_filler { type: "constant" value: 7 } } }\n'
+    )
+    net = protocaffe.load(path, device="cpu")
+    with torch.no_grad():
+        out = net(torch.ones(3, 2))
+    assert out["a"].flatten().tolist() == [2.0] * 3
+    assert out["b"].flatten().tolist() == [14.0] * 3

@@ -134,14 +134,12 @@ def _source(path_or_text: str | os.PathLike[str]) -> SourceFile:
 
 def _reject_solver(source: SourceFile) -> None:
     """A solver given where a net belongs: one error that says so (not one per solver field)."""
-    from protocaffe.frontend.textformat import detect_message_type, parse_tree
+    from protocaffe.frontend.textformat import detect_message_type, parse_tree_recovering
     from protocaffe.proto import caffe_pb2
 
-    try:
-        tree = parse_tree(source.text)
-    except Exception:  # a syntax error: parse_text's own message says it best
-        return
-    if detect_message_type(tree) is not caffe_pb2.SolverParameter:
+    # With syntax errors, judge from the statements that parse (and keep those errors).
+    tree, syntax = parse_tree_recovering(source.text, source)
+    if not tree or detect_message_type(tree) is not caffe_pb2.SolverParameter:
         return
     first = tree[0][0]
     span = Span(source, first.line, first.column, first.line, first.column + len(first.value))
@@ -154,7 +152,8 @@ def _reject_solver(source: SourceFile) -> None:
     hint = "pass the net definition (.prototxt with layers) instead"
     if nets:
         hint += "; this solver uses " + ", ".join(dict.fromkeys(nets))
-    _fail("this file is a solver definition (SolverParameter), not a net", hint, span)
+    message = "this file is a solver definition (SolverParameter), not a net"
+    raise CompileError([Diagnostic("error", message, span, hint), *syntax])
 
 
 def load_net(path_or_text: str | os.PathLike[str]) -> ParsedFile:

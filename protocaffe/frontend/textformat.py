@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from functools import cache
 from importlib import resources
+from itertools import takewhile
 from typing import Any
 
 from google.protobuf import text_encoding
@@ -819,7 +820,8 @@ def _lex_error(err: LexError, source: SourceFile) -> Diagnostic:
 def _syntax_error(err: UnexpectedToken, text: str, source: SourceFile) -> Diagnostic:
     tok = err.token
     end = tok.type == "$END"
-    before = [t for t in tokenize(text) if end or t.start_pos < tok.start_pos]
+    # Stop at the error token: the text after it may not even lex.
+    before = list(takewhile(lambda t: end or t.start_pos < tok.start_pos, tokenize(text)))
     stack: list[Tok] = []
     for t in before:
         if t.value in _CLOSERS:
@@ -847,6 +849,17 @@ def _syntax_error(err: UnexpectedToken, text: str, source: SourceFile) -> Diagno
         and prev2 is not None
         and prev2.type == "COLON"
     ):
+        name = before[-3] if len(before) > 2 else None
+        return missing_value(prev2, name)
+    if (
+        tok.type in ("LBRACE", "LANGLE")
+        and prev is not None
+        and prev.type == "NAME"
+        and prev2 is not None
+        and prev2.type == "COLON"
+        and prev2.line < prev.line
+    ):
+        # `name:` with its value missing took the next line's block name as the value.
         name = before[-3] if len(before) > 2 else None
         return missing_value(prev2, name)
     if end and stack:
@@ -938,20 +951,19 @@ def parse_text(
 ) -> ParsedFile:
     """Parse prototxt `text` into a message (NetParameter or SolverParameter unless forced).
 
-    Raises CompileError with every problem found: the first syntax error, or all the schema
-    errors (unknown fields, bad values, duplicates) of a file that parses.
+    Raises CompileError with every problem found: the syntax errors (after each one the parser
+    resynchronises at the next top-level block, see `parse_tree_recovering`) and the schema
+    errors (unknown fields, bad values, duplicates) of every part that parsed.
     """
     source = source or SourceFile(path, text)
+    cls = message_class(message_type) if message_type is not None else None
     try:
         tree = parse_tree(text)
-    except LexError as err:
-        raise CompileError([_lex_error(err, source)]) from None
-    except UnexpectedToken as err:
-        raise CompileError([_syntax_error(err, text, source)]) from None
-    except UnexpectedInput as err:  # not raised by this grammar and lexer; kept as a backstop
-        span = Span(source, err.line, err.column, err.line, err.column + 1)
-        raise CompileError([Diagnostic("error", "syntax error", span)]) from None
-    cls = message_class(message_type) if message_type is not None else detect_message_type(tree)
+        syntax: list[Diagnostic] = []
+    except (LexError, UnexpectedInput):  # the slow path: recover, then check the good parts
+        tree, syntax = parse_tree_recovering(text, source, cls)
+    if cls is None:
+        cls = detect_message_type(tree)
     msg = cls()
     builder = _Builder(source)
     try:
@@ -959,5 +971,231 @@ def parse_text(
     except RecursionError:
         span = Span(source, 1, 1, 1, 1)
         raise CompileError([Diagnostic("error", "messages are nested too deeply", span)]) from None
+    if syntax:
+        found = [*syntax, *builder.diags]
+        found.sort(key=lambda d: (d.span.line, d.span.col) if d.span else (1 << 62, 0))
+        raise CompileError(found)
     builder.diags.check()
     return ParsedFile(msg, builder.source_map, source, list(builder.diags))
+
+
+# ---------------------------------------------------------------------------------------------
+# Syntax-error recovery (panic mode, at top-level blocks)
+
+MAX_SYNTAX_ERRORS = 50
+_OPENERS = frozenset(("LBRACE", "LANGLE", "LBRACKET"))
+_CLOSER_TYPES = frozenset(("RBRACE", "RANGLE", "RBRACKET"))
+# A block statement that starts a line: `layer {`, `layers <`, `net_param: {`.
+_RESYNC = re.compile(r"^([a-zA-Z_][0-9a-zA-Z_+\-]*)[ \t]*(?::[ \t]*)?[{<]", re.MULTILINE)
+
+
+def parse_tree_recovering(
+    text: str, source: SourceFile, message_type: type[Message] | None = None
+) -> tuple[list, list[Diagnostic]]:
+    """Text -> (field tuples of the parts that parse, syntax-error diagnostics).
+
+    Panic mode at top-level blocks. A *sync line* is a line that opens, in column 1, a block
+    for a message field of the top-level message (`layer {`, `layers {`, `input_shape {`).
+    After a syntax error, everything from the last sync line at or before the error (or the
+    statement holding it, or the start of the file) is dropped, the statements before it are
+    kept, and parsing resumes at the next sync line after the error that cannot be nested in
+    the dropped statement (V0's `layers { layer { ... } }` must not resume at the inner
+    `layer`). Where there is none, parsing stops and the rest of the file goes unchecked: a
+    guess could only add errors that the recovery made up.
+    """
+    tops = [message_type.DESCRIPTOR] if message_type is not None else _top_descriptors()
+    sync_names = frozenset().union(*(_message_fields(d) for d in tops))
+    tree: list = []
+    diags: list[Diagnostic] = []
+    segment = text  # the text still to parse; lines already dealt with are blanked to "\n"s
+    while True:
+        try:
+            tree.extend(parse_tree(segment))
+            break
+        except LexError as err:
+            diags.append(_lex_error(err, source))
+            pos, eof, lexical = err.pos, False, True
+        except UnexpectedToken as err:
+            diags.append(_syntax_error(err, segment, source))
+            eof, lexical = err.token.type == "$END", False
+            pos = len(segment) if eof else err.token.start_pos
+        except UnexpectedInput as err:  # not raised by this grammar and lexer; a backstop
+            span = Span(source, err.line, err.column, err.line, err.column + 1)
+            diags.append(Diagnostic("error", "syntax error", span))
+            break
+        if len(diags) > 1 and _same(diags[-1], diags[-2]):
+            diags.pop()  # the recovery did not get past it: a repeat says nothing new
+            break
+        start, dropped, prev, depth = _statement_at(segment, pos, lexical, sync_names)
+        try:
+            tree.extend(parse_tree(segment[:start]))  # whole statements: it parses
+        except (LexError, UnexpectedInput):
+            break
+        if len(diags) >= MAX_SYNTAX_ERRORS:
+            diags.append(Diagnostic("note", f"stopped after {MAX_SYNTAX_ERRORS} syntax errors"))
+            break
+        after = start + 1 if eof or prev is None else max(start + 1, prev.start_pos)
+        resume = _resume_point(segment, after, dropped, depth > 0, tops, sync_names)
+        if resume is None:
+            break
+        if eof and depth:
+            # An unterminated block, reported at the innermost opener. Resume only where the
+            # dropped part holds that opener (else the same error comes back) and nothing
+            # after the resume point closes a block opened before it.
+            span = diags[-1].span
+            opener = _offset(segment, span.line, span.col) if span is not None else len(segment)
+            if opener >= resume or not _nests_from(segment, resume):
+                break
+        segment = "\n" * segment.count("\n", 0, resume) + segment[resume:]
+    return tree, diags
+
+
+_NAME_START = re.compile(r"[a-zA-Z_]")
+
+
+def _statement_at(
+    text: str, pos: int, lexical: bool, sync_names: frozenset[str]
+) -> tuple[int, list[Tok], Tok | None, int]:
+    """Where to drop from, for a syntax error at offset `pos` of `text`.
+
+    Returns (that offset, the name tokens of the top-level statements dropped that may hold
+    the error, the token before `pos`, the brace depth at `pos`). `lexical`: the error is a
+    character that does not lex. The text before `pos` is known to parse, so a small state
+    machine over its tokens finds the top-level statements.
+    """
+    depth, state = 0, 0  # state at depth 0: 0 expects a field, 1 after its name, 2 after ':'
+    current: Tok | None = None  # name token of the last top-level statement begun
+    last_block: Tok | None = None  # name token of the last top-level statement with a block
+    sync: Tok | None = None  # name token of the last top-level statement on a sync line
+    prev: Tok | None = None
+    try:
+        for t in tokenize(text):
+            if t.start_pos >= pos:
+                break
+            prev = t
+            kind = t.type
+            if depth:
+                if kind in _OPENERS:
+                    depth += 1
+                elif kind in _CLOSER_TYPES:
+                    depth -= 1
+                    if not depth:
+                        state = 0
+                continue
+            if kind == "NAME" and state == 0:
+                current, state = t, 1
+                if t.column == 1 and t.value in sync_names:
+                    sync = t
+            elif kind == "COLON":
+                state = 2
+            elif kind in _OPENERS:
+                depth, last_block = 1, current
+            else:  # a value, ';' or ','
+                state = 0
+    except LexError:
+        pass
+    here = text[pos : pos + 1]
+    if depth or state:
+        statement = current  # the error is inside it
+    elif here in ("}", ">", "]"):
+        # An unmatched closer: a block above was probably closed early, and the fields after
+        # it were read as top-level ones.
+        statement = last_block
+    elif current is not None and (
+        (not lexical and not _NAME_START.match(here))
+        or (lexical and prev is not None and prev.end_pos == pos)
+    ):
+        # A token that cannot start a statement, right after one: that one may have taken
+        # the next one's name for its value (`name:` with the value missing); or a bad
+        # character stuck to the last value (`name: AlexNet"` lost its opening quote).
+        statement = current
+    else:  # a bad character where a statement would start: what came before is whole
+        return pos, [], prev, 0
+    # Back to the last sync line: between it and the error nothing marks a statement
+    # boundary that can be trusted (after an early '}' a layer's fields look top-level).
+    dropped = [t for t in (sync, statement) if t is not None]
+    start = min((t.start_pos for t in dropped), default=0)
+    return (0 if sync is None else start), dropped, prev, depth
+
+
+def _resume_point(
+    text: str,
+    after: int,
+    dropped: list[Tok],
+    open_block: bool,
+    tops: list[Descriptor],
+    sync_names: frozenset[str],
+) -> int | None:
+    """The first sync line at or after offset `after` that cannot belong to a `dropped`
+    statement (judged by name: a field that can be nested in one is passed over; after an
+    unknown one with a block still open at the error, none can be trusted)."""
+    banned: frozenset[str] = frozenset()
+    for statement in dropped:
+        fds = [
+            d.fields_by_name[statement.value] for d in tops if statement.value in d.fields_by_name
+        ]
+        for fd in fds:
+            if fd.type == FieldDescriptor.TYPE_MESSAGE:
+                banned |= _nested_message_fields(fd.message_type)
+        if not fds and open_block:  # unknown to the schema: anything could be nested in it
+            for d in tops:
+                banned |= _nested_message_fields(d)
+    for m in _RESYNC.finditer(text, after):
+        name = m.group(1)
+        if name in sync_names and name not in banned:
+            return m.start()
+    return None
+
+
+def _offset(text: str, line: int, col: int) -> int:
+    """The offset of 1-based `line`:`col` in `text` (lines split on "\n", as the lexer counts)."""
+    pos = 0
+    for _ in range(line - 1):
+        pos = text.index("\n", pos) + 1
+    return pos + col - 1
+
+
+def _same(a: Diagnostic, b: Diagnostic) -> bool:
+    return a.message == b.message and a.span == b.span
+
+
+def _nests_from(text: str, start: int) -> bool:
+    """Whether the blocks from `start` on never close more than they open (else a closer there
+    belongs to a block before `start`: resuming there would report it as unmatched)."""
+    depth = 0
+    for t in tokenize(text[start:]):
+        if t.type in _OPENERS:
+            depth += 1
+        elif t.type in _CLOSER_TYPES:
+            depth -= 1
+            if depth < 0:
+                return False
+    return True
+
+
+def _top_descriptors() -> list[Descriptor]:
+    pb2 = _caffe_pb2()
+    return [pb2.NetParameter.DESCRIPTOR, pb2.SolverParameter.DESCRIPTOR]
+
+
+@cache
+def _message_fields(descriptor: Descriptor) -> frozenset[str]:
+    return frozenset(fd.name for fd in descriptor.fields if fd.type == FieldDescriptor.TYPE_MESSAGE)
+
+
+@cache
+def _nested_message_fields(descriptor: Descriptor) -> frozenset[str]:
+    """Names of the message fields of `descriptor` and of every message nested in it."""
+    seen: set[str] = set()
+    names: set[str] = set()
+    todo = [descriptor]
+    while todo:
+        d = todo.pop()
+        if d.full_name in seen:
+            continue
+        seen.add(d.full_name)
+        for fd in d.fields:
+            if fd.type == FieldDescriptor.TYPE_MESSAGE:
+                names.add(fd.name)
+                todo.append(fd.message_type)
+    return frozenset(names)

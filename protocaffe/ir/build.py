@@ -382,24 +382,33 @@ class _Builder:
                 )
 
     def check_names(self) -> None:
+        """Duplicate layer names: Caffe accepts them, so a warning. Weights are matched by name
+        and Net::CopyTrainedLayersFrom copies a .caffemodel layer into the FIRST net layer with
+        its name (a linear search of layer_names_), so same-named layers after the first never
+        receive trained weights and keep their filler values."""
         by_name: dict[str, list[Layer]] = {}
         for layer in self.graph.layers:
             by_name.setdefault(layer.name, []).append(layer)
         for name, layers in by_name.items():
             if len(layers) < 2:
                 continue
-            lines = ", ".join(f"line {lay.span.line}" for lay in layers if lay.span)
-            owns_blobs = any(lay.blob_specs for lay in layers)
+            first, later = layers[0], layers[1]
+            lines = ", ".join(str(lay.span.line) for lay in layers if lay.span)
             message = f"layer name '{name}' is used by {len(layers)} layers" + (
-                f" ({lines})" if lines else ""
+                f" (lines {lines})" if lines else ""
             )
-            if owns_blobs:
-                self.diags.error(
-                    message,
-                    layers[1].span,
-                    "weights are matched to layers by name; give each layer a unique name",
+            if any(lay.blob_specs for lay in layers[1:]):
+                where = f" (line {first.span.line})" if first.span else ""
+                hint = (
+                    f"weights are matched by name: only the first '{name}'{where} receives "
+                    ".caffemodel weights, as in Caffe; the later ones keep their filler values. "
+                    "Give each layer a unique name"
                 )
             else:
-                self.diags.warning(
-                    message, layers[1].span, "layer names should be unique (weights match by name)"
+                hint = "layer names should be unique (weights are matched by name)"
+            d = self.diags.warning(message, later.span, hint)
+            if first.span is not None:
+                d.notes.append(
+                    f"{first.span.path}:{first.span.line}:{first.span.col}: "
+                    f"the first layer named '{name}'"
                 )

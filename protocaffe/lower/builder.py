@@ -406,10 +406,10 @@ def reshape_module(module: CaffeModule, input_shapes: dict[str, tuple[int, ...]]
     from protocaffe.ir.build import rebuild_graph
 
     graph = rebuild_graph(module.caffe_graph, input_shapes)
-    by_name = {layer.name: attr for layer, attr in module._layer_attrs.items()}
-    attrs = {layer: by_name[layer.name] for layer in graph.layers if layer.name in by_name}
-    layers = {layer.name: layer for layer in attrs}
-    sharing = {(layers[old.name], blob): owner for (old, blob), owner in module._sharing.items()}
+    # Same net, same NetState: the layers line up one to one (names may repeat, positions not).
+    new_of = dict(zip(module.caffe_graph.layers, graph.layers, strict=True))
+    attrs = {new_of[old]: attr for old, attr in module._layer_attrs.items()}
+    sharing = {(new_of[old], blob): owner for (old, blob), owner in module._sharing.items()}
     variant = assemble(graph, module, attrs, sharing, list(module.output_names))
     variant.train(module.training)
     if getattr(module, "_compiled_call_impl", None) is not None:

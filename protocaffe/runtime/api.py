@@ -99,7 +99,7 @@ def load(
     )
     module.weights_report = None
     if weights is not None:
-        report = load_caffemodel(module, weights, allow_missing=allow_missing)
+        report = load_caffemodel(module, weights, allow_missing=allow_missing, seed=seed)
         if report.missing:
             fill_blobs(module, report.missing, seed=seed)
         for d in report.diagnostics:

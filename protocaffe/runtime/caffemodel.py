@@ -7,10 +7,13 @@ bytes straight from the file into its parameter's memory: peak memory is the par
 a small staging buffer. Writing streams one blob at a time in Caffe's own layout (what
 `Net::ToProto` serializes: each layer's full definition with its phase, then its blobs).
 
-Matching follows Caffe's `CopyTrainedLayersFrom`: by layer name, blob count and shape checked
-(a legacy num/channels/height/width shape matches a target of at most 4 axes padded with
-leading 1s, like `Blob::ShapeEquals`). Unlike Caffe, a net layer with blobs that the file lacks
-is an error unless `allow_missing=True`; a file layer with blobs that the net lacks is
+Matching follows Caffe's `CopyTrainedLayersFrom` (the binary-proto path): each file layer goes
+to the FIRST net layer with its name (Caffe searches `layer_names_` from the front), blob count
+and shape checked (a legacy num/channels/height/width shape matches a target of at most 4 axes
+padded with leading 1s, like `Blob::ShapeEquals`). So of same-named net layers only the first
+receives weights (the others keep their filler values), and of same-named file layers the last
+wins (each is copied over the one before). Unlike Caffe, a net layer with blobs that the file
+lacks is an error unless `allow_missing=True`; a file layer with blobs that the net lacks is
 skipped with a warning, as Caffe skips it.
 """
 
@@ -291,38 +294,62 @@ class LoadReport:
     diagnostics: list[Diagnostic] = field(default_factory=list)
 
 
-def load_caffemodel(module: Any, path: str | Path, *, allow_missing: bool = False) -> LoadReport:
+def load_caffemodel(
+    module: Any, path: str | Path, *, allow_missing: bool = False, seed: int | None = None
+) -> LoadReport:
     """Copy a .caffemodel's blobs into a CaffeModule's layers, matched by layer name.
 
     Every mismatch is reported at once and nothing is copied when any is an error. With
     `allow_missing`, net layers the file lacks keep their current values and file layers the
-    net lacks are skipped; both become warnings in the report.
+    net lacks are skipped; both become warnings in the report. A net layer that shares its
+    name with an earlier one receives no weights (as in Caffe): its blobs are (re)filled from
+    its fillers, seeded by `seed`, and the report warns about it.
     """
     import torch
 
     weights = read_index(path)
     path = str(path)
-    by_name: dict[str, list[Any]] = {}
-    for layer in module._layer_attrs:
-        by_name.setdefault(layer.name, []).append(layer)
+    # Caffe's target for a file layer: the first net layer with its name, blobs or not.
+    first: dict[str, Any] = {}
+    shadowed: list[Any] = []  # later same-named layers with blobs: no weights, as in Caffe
+    for layer in module.caffe_graph.layers:
+        if layer.name not in first:
+            first[layer.name] = layer
+        elif layer.blob_specs and layer in module._layer_attrs:
+            shadowed.append(layer)
     report = LoadReport()
     diags = Diagnostics()
-    plan: list[tuple[BlobRecord, Any]] = []
-    seen: set[str] = set()
+    plans: dict[str, list[tuple[BlobRecord, Any]]] = {}  # by name: the last file layer wins
+    sources: dict[str, int] = {}  # file layers per name
     for rec in weights.layers:
-        targets = by_name.get(rec.name)
-        if not targets:
+        target = first.get(rec.name)
+        if target is None:
             if rec.blobs:
                 report.unused.append(rec.name)
             continue
-        seen.add(rec.name)
-        for layer in targets:
-            plan.extend(_check_layer(rec, layer, module, path, diags))
-    report.missing = [name for name in by_name if name not in seen]
+        if not target.blob_specs and not rec.blobs:
+            continue
+        sources[rec.name] = sources.get(rec.name, 0) + 1
+        if not target.blob_specs and any(lay.name == rec.name for lay in shadowed):
+            diags.error(
+                f"incompatible number of blobs for layer '{rec.name}': {path} has "
+                f"{len(rec.blobs)}, the net's first layer with that name ({target.type}) has 0",
+                target.span,
+                hint="Caffe copies weights into the first net layer with the name and fails "
+                "the same way; give each layer a unique name",
+            )
+            continue
+        plans[rec.name] = _check_layer(rec, target, module, path, diags)
+    seen = set(plans)
+    report.missing = [
+        name
+        for name, layer in first.items()
+        if layer.blob_specs and layer in module._layer_attrs and name not in seen
+    ]
     severity = "warning" if allow_missing else "error"
     opt_out = "allow_missing=True (--allow-missing)"
     for name in report.missing:
-        layer = by_name[name][0]
+        layer = first[name]
         shapes = ", ".join(shape_str(s.shape) for s in layer.blob_specs)
         diags.add(
             Diagnostic(
@@ -332,6 +359,21 @@ def load_caffemodel(module: Any, path: str | Path, *, allow_missing: bool = Fals
                 hint=suggestion_hint(name, [r.name for r in weights.layers if r.blobs])
                 or (None if allow_missing else f"{opt_out} keeps its filler values"),
             )
+        )
+    for name, n in sources.items():
+        if n > 1:
+            diags.warning(
+                f"{path} has {n} layers named '{name}'; the last one's weights are used "
+                "(Caffe copies each over the one before)"
+            )
+    refill = [layer for layer in shadowed if layer.name in seen]
+    for layer in refill:
+        where = f" (line {first[layer.name].span.line})" if first[layer.name].span else ""
+        diags.warning(
+            f"{layer.type} '{layer.name}' keeps its filler values: Caffe copies the weights "
+            f"of '{layer.name}' in {path} only into the first net layer with that name{where}",
+            layer.span,
+            hint="give each layer a unique name",
         )
     if report.unused:
         # Caffe skips these too ("Ignoring source layer"): deploy nets routinely drop layers
@@ -343,12 +385,41 @@ def load_caffemodel(module: Any, path: str | Path, *, allow_missing: bool = Fals
             f"ignored as Caffe does: {names}{more}"
         )
     diags.check()
+    plan = [step for steps in plans.values() for step in steps]
     with open(path, "rb") as f, torch.no_grad():
         for blob, target in plan:
             _read_into(f, blob, target)
+        _fill_shadowed(module, refill, [target for _, target in plan], seed)
     report.loaded = sorted(seen)
     report.diagnostics = diags.items
     return report
+
+
+def _fill_shadowed(module: Any, layers: list[Any], loaded: list[Any], seed: int | None) -> None:
+    """Fill the blobs of same-named layers that got no weights from their fillers (a module
+    lowered with init=False has them uninitialised), but not a blob shared (param { name })
+    with a layer that did get weights."""
+    if not layers:
+        return
+    import torch
+
+    from protocaffe.lower import fillers
+
+    taken = {t.data_ptr() for t in loaded}
+    gen = torch.Generator().manual_seed(seed) if seed is not None else None
+    diags = Diagnostics()
+    for layer in layers:
+        for spec in layer.blob_specs:
+            target = module.blob_tensor(layer, spec.name)
+            if target.data_ptr() in taken:
+                continue
+            try:
+                data = fillers.fill(spec.filler, spec.shape, generator=gen, dtype=target.dtype)
+            except fillers.FillerError as err:
+                diags.error(f"{layer.type} '{layer.name}' blob '{spec.name}': {err}", layer.span)
+                continue
+            target.copy_(data.reshape(target.shape))
+    diags.check()
 
 
 def _check_layer(
