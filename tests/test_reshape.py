@@ -103,3 +103,15 @@ def test_reshaping_keeps_same_named_layers_apart(tmp_path):
         out = net(torch.ones(3, 2))
     assert out["a"].flatten().tolist() == [2.0] * 3
     assert out["b"].flatten().tolist() == [14.0] * 3
+
+
+@pytest.mark.slow
+def test_compiled_net_matches_eager_across_shapes(net_file):
+    # torch.compile (with inductor freezing on the CPU) must not change what the net computes,
+    # including after a reshape to another input size.
+    eager = protocaffe.load(net_file, device="cpu", seed=5)
+    compiled = protocaffe.load(net_file, device="cpu", seed=5, compile=True)
+    with torch.no_grad():
+        for shape in [(1, 3, 20, 20), (2, 3, 14, 18)]:
+            x = torch.randn(*shape)
+            torch.testing.assert_close(compiled(x)["score"], eager(x)["score"])

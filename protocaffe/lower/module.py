@@ -50,6 +50,13 @@ class CaffeModule(fx.GraphModule):
         inputs = self._gather_inputs(blobs, named)
         shapes = tuple(tuple(inputs[n].shape) for n in self.input_names)
         target = self if shapes == self.input_shapes else self.reshaped(shapes)
+        if self.__dict__.get("_freezing"):
+            # Inductor reads `freezing` outside its own options too: set it for the call
+            # that compiles (and for later ones, so guards see the same configuration).
+            import torch._inductor.config as inductor_config
+
+            with inductor_config.patch(freezing=True):
+                return fx.GraphModule.__call__(target, inputs)
         return fx.GraphModule.__call__(target, inputs)
 
     @property
@@ -74,8 +81,9 @@ class CaffeModule(fx.GraphModule):
         compiles with inductor freezing: weights become constants and oneDNN pre-packs the
         convolutions once, which is what makes the CPU forward beat OpenCV's. Frozen weights
         are not re-read, so re-load the module after changing them."""
-        if not args and not kwargs and not self.training and self._on_cpu():
-            kwargs = {"options": {"freezing": True}}
+        self.__dict__["_freezing"] = (
+            not args and not kwargs and not self.training and self._on_cpu()
+        )
         super().compile(*args, **kwargs)
 
     def _on_cpu(self) -> bool:
