@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from protocaffe.frontend import parse_text
 from protocaffe.ir.build import build_graph
 from protocaffe.ir.graph import Graph
+from protocaffe.proto import caffe_pb2
 
 
 def compile_snippet(text: str, inputs: Mapping[str, tuple[int, ...]], phase: str = "TEST") -> Graph:
@@ -15,8 +16,6 @@ def compile_snippet(text: str, inputs: Mapping[str, tuple[int, ...]], phase: str
     Spans in diagnostics point into `text` itself (file name `<snippet>`, its own line numbers):
     the Input layers are added to the parsed message, not to the text.
     """
-    from protocaffe.proto import caffe_pb2
-
     parsed = parse_text(text, "<snippet>")
     net = caffe_pb2.NetParameter()
     for name, shape in inputs.items():

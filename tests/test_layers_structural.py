@@ -116,7 +116,7 @@ ERRORS = [
         ["'b'", "1x3x5x4", "'a'", "1x3x4x4", "axis 2", "5 vs 4"],
     ),
     ("Concat", {"a": (1, 3), "b": (1, 3, 1)}, ["c"], "", ["'b'", "3 axes", "2"]),
-    ("Concat", {"a": (1, 3)}, ["c"], "concat_param { axis: 2 }", ["axis 2", "2-axis"]),
+    ("Concat", {"a": (1, 3)}, ["c"], "concat_param { axis: 2 }", ["axis 2", "2 axes"]),
     ("Concat", {"a": (1, 3)}, ["c"], "concat_param { axis: 1 concat_dim: 1 }", ["not both"]),
     ("Slice", {"a": (2, 6)}, ["x", "y", "z", "w"], "", ["4 tops", "size 6"]),
     (

@@ -48,6 +48,9 @@ def run(args: argparse.Namespace) -> int:
                 "writing .safetensors needs the safetensors package (pip install safetensors)"
             ) from None
 
+    if not out.parent.is_dir():  # fail before loading (a large net takes a while)
+        raise _write_error(out, "no such directory")
+
     from protocaffe.runtime.api import load
 
     module = load(
@@ -58,6 +61,19 @@ def run(args: argparse.Namespace) -> int:
         seed=args.seed,
         allow_missing=args.allow_missing,
     )
+    try:
+        _write(module, out, safetensors)
+    except (OSError, RuntimeError) as err:  # torch and safetensors raise their own types
+        raise _write_error(out, getattr(err, "strerror", None) or str(err)) from None
+    except Exception as err:
+        if type(err).__name__ != "SafetensorError":
+            raise
+        raise _write_error(out, str(err)) from None
+    print(f"wrote {out} ({len(module.state_dict())} tensors)")
+    return 0
+
+
+def _write(module: object, out: Path, safetensors: object) -> None:
     if out.suffix == ".caffemodel":
         from protocaffe.runtime.caffemodel import save_caffemodel
 
@@ -74,8 +90,12 @@ def run(args: argparse.Namespace) -> int:
         import torch
 
         torch.save(module.state_dict(), out)
-    print(f"wrote {out} ({len(module.state_dict())} tensors)")
-    return 0
+
+
+def _write_error(out: Path, why: str) -> Exception:
+    from protocaffe.diagnostics import CompileError, Diagnostic
+
+    return CompileError([Diagnostic("error", f"cannot write '{out}': {why}")])
 
 
 def _unshared(state: dict) -> dict:

@@ -37,7 +37,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "run", help="run a net on images/arrays and save usable outputs", description=DESCRIPTION
     )
     p.add_argument("net", metavar="NET", help="the .prototxt net definition")
-    p.add_argument("--weights", metavar="W.caffemodel", help="trained weights")
+    p.add_argument("-w", "--weights", metavar="W.caffemodel", help="trained weights")
     p.add_argument(
         "--input",
         action="extend",
@@ -98,9 +98,14 @@ def load_model(
     """protocaffe.load with the command-line settings; reports warnings as diagnostics."""
     import warnings
 
+    from protocaffe.cli import UsageError
     from protocaffe.diagnostics import print_diagnostics
     from protocaffe.runtime.api import load, resolve_device, resolve_dtype
 
+    try:
+        device = resolve_device(args.device)
+    except ValueError as err:  # --device cuda where torch has no CUDA: bad usage, not a bug
+        raise UsageError(f"--device {args.device}: {str(err).split(': ', 1)[-1]}") from None
     if weights is None and not quiet_fillers:
         print(
             f"warning: no --weights: using Caffe fillers (seed {args.seed}); "
@@ -125,34 +130,57 @@ def load_model(
         [d for d in module.caffe_graph.diagnostics if d.severity != "note"]
         + (report.diagnostics if report is not None else [])
     )
-    model = Model(
-        module, resolve_device(args.device), resolve_dtype(args.dtype), args.channels_last, False
-    )
+    model = Model(module, device, resolve_dtype(args.dtype), args.channels_last, False)
     model.compiled = args.compile
     if args.compile:
         module.compile()
     return model
 
 
-def check_resizable(module: Any, shapes: dict[str, tuple[int, ...]]) -> None:
+def _resize_hint(graph: Any) -> str:
+    declared = ", ".join(f"{v.blob} {_shape_str(v.shape)}" for v in graph.inputs)
+    value = graph.inputs[0]
+    size = f" {value.shape[-2]},{value.shape[-1]}" if len(value.shape) == 4 else " H,W"
+    return f"the net was defined for {declared}: pass --resize{size} to match it"
+
+
+def _shape_str(shape: Sequence[int]) -> str:
+    return "x".join(map(str, shape))
+
+
+def check_resizable(module: Any, shapes: dict[str, tuple[int, ...]], path: Any = None) -> None:
     """Fail clearly when new input shapes would change a layer's stored blobs (an
-    InnerProduct after the spatial axes): the loaded weights fix the net's input size."""
+    InnerProduct after the spatial axes): the loaded weights fix the net's input size.
+    A size the net cannot take at all (a pooling window larger than its input) gets the
+    same hint."""
     from protocaffe.layers.base import shape_str
 
-    variant = module.reshaped([shapes[n] for n in module.input_names])
     old = module.caffe_graph
+    try:
+        variant = module.reshaped([shapes[n] for n in module.input_names])
+    except CompileError as err:
+        given = ", ".join(f"{k} {shape_str(v)}" for k, v in shapes.items())
+        where = f"{path}: " if path is not None else ""
+        err.diagnostics.append(
+            Diagnostic(
+                "note",
+                f"{where}the net does not take input {given}",
+                None,
+                _resize_hint(old),
+            )
+        )
+        raise
     for layer, was in zip(variant.caffe_graph.layers, old.layers, strict=True):
         now = [s.shape for s in layer.blob_specs]
         before = [s.shape for s in was.blob_specs]
         if now != before:
             given = ", ".join(f"{k} {shape_str(v)}" for k, v in shapes.items())
-            declared = ", ".join(f"{v.blob} {shape_str(v.shape)}" for v in old.inputs)
             raise _error(
                 f"{layer.type} '{layer.name}': its weights fix the net's input size; input "
                 f"{given} would need blobs {' '.join(shape_str(s) for s in now)}, the loaded "
                 f"ones are {' '.join(shape_str(s) for s in before)}",
                 layer.span,
-                hint=f"the net was defined for {declared}: pass --resize H,W to match it",
+                hint=_resize_hint(old),
             )
 
 
@@ -328,7 +356,11 @@ def run(args: argparse.Namespace) -> int:
     if args.batch_size > 1:
         paths = group_by_shape(paths, prep)
     out_dir = Path(args.output)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        why = err.strerror or err
+        raise _error(f"--output {out_dir}: cannot create the directory: {why}") from None
     writer = Writer(out_dir, labels, args.top_k, interpret, save_blobs)
     checked = {tuple(feed.shape)}
     progress = Progress(len(paths))
@@ -338,7 +370,7 @@ def run(args: argparse.Namespace) -> int:
         blob = batch[0].blob if len(batch) == 1 else _concat([s.blob for s in batch])
         shape = tuple(blob.shape)
         if shape not in checked:
-            check_resizable(model.module, {feed.blob: shape})
+            check_resizable(model.module, {feed.blob: shape}, batch[0].path)
             checked.add(shape)
         with torch.no_grad():  # the module re-shapes itself per input shape, sharing weights
             result = model.module({feed.blob: to_input(model, blob)})
@@ -388,6 +420,19 @@ class Writer:
         self.interpret = interpret
         self.save_blobs = save_blobs
         self.stems: set[str] = set()
+        self.checked_labels = labels is None
+
+    def check_labels(self, blob: str, classes: int) -> None:
+        """Warn once when --labels does not name one class per output channel."""
+        if self.checked_labels or self.labels is None:
+            return
+        self.checked_labels = True
+        if len(self.labels) != classes:
+            print(
+                f"warning: --labels has {len(self.labels)} names but '{blob}' scores "
+                f"{classes} classes; classes without a name are shown by index",
+                file=sys.stderr,
+            )
 
     def name(self, index: int) -> str:
         return self.labels[index] if self.labels and index < len(self.labels) else str(index)
@@ -412,6 +457,7 @@ class Writer:
             tag = f"{stem}_{blob}" if len(self.interpret) > 1 else stem
             prefix = f"{blob}: " if len(self.interpret) > 1 else ""
             if out.shape[0] == 1 and post.is_segmentation(out.shape, hw):
+                self.check_labels(blob, out.shape[1])
                 labels = out[0].argmax(axis=0)
                 post.save_rgb_png(post.colorize(labels), self.out_dir / f"{tag}_seg.png")
                 post.save_label_png(labels, self.out_dir / f"{tag}_labels.png")
@@ -420,15 +466,15 @@ class Writer:
                     post.save_rgb_png(overlaid, self.out_dir / f"{tag}_overlay.png")
                 share = post.class_shares(labels)
                 parts.append(prefix + ", ".join(f"{self.name(c)} {p:.1f}%" for c, p in share))
-            elif out.shape[0] == 1 and post.is_classifier(out.shape):
-                top = post.top_k(out[0], self.k)
-                parts.append(
-                    prefix
-                    + "top-"
-                    + str(len(top))
-                    + ": "
-                    + ", ".join(f"{self.name(c)} ({s:.4f})" for c, s in top)
-                )
+            elif post.is_classifier(out.shape):  # one line per item of an NxC... .npy
+                self.check_labels(blob, out.shape[1])
+                for i in range(out.shape[0]):
+                    top = post.top_k(out[i], self.k)
+                    item = f"[{i}] " if out.shape[0] > 1 else ""
+                    parts.append(
+                        f"{prefix}{item}top-{len(top)}: "
+                        + ", ".join(f"{self.name(c)} ({s:.4f})" for c, s in top)
+                    )
             else:
                 np.save(self.out_dir / f"{tag}.npy", out)
                 parts.append(f"{prefix}{'x'.join(map(str, out.shape))} -> {tag}.npy")

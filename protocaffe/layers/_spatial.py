@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 import numpy as np
 
 from protocaffe.diagnostics import Diagnostic
-from protocaffe.layers.base import Affine, LayerError, Shape, shape_str
+from protocaffe.layers.base import Affine, LayerError, Shape, has_field, shape_str
 from protocaffe.lazy import F, torch
 
 if TYPE_CHECKING:
@@ -43,11 +43,6 @@ POOL_NAMES = {MAX: "MAX", AVE: "AVE", STOCHASTIC: "STOCHASTIC"}
 def _unchecked(message: str, *field: Any, hint: str | None = None) -> NoReturn:
     # Lowerings re-read geometry that the shape pass has already validated.
     raise AssertionError(f"geometry should have been rejected by the shape pass: {message}")
-
-
-def has_field(param: Any, name: str) -> bool:
-    desc = param.DESCRIPTOR.fields_by_name[name]
-    return len(getattr(param, name)) > 0 if desc.is_repeated else param.HasField(name)
 
 
 def axis_name(i: int, nsp: int) -> str:
@@ -271,18 +266,6 @@ def check_window_fits(
                 *fail_field,
                 hint="use a smaller kernel or dilation, more padding, or a larger input",
             )
-
-
-def channel_axis(ctx: ShapeContext, axis: int, field: str = "axis") -> int:
-    """Caffe's CanonicalAxisIndex with its CHECKs, as a diagnostic."""
-    ndim = len(ctx.bottoms[0])
-    if not -ndim <= axis < ndim:
-        ctx.fail(
-            f"axis {axis} is out of range for bottom '{ctx.layer.bottoms[0]}' "
-            f"({shape_str(ctx.bottoms[0])}, {ndim} axes)",
-            field,
-        )
-    return axis + ndim if axis < 0 else axis
 
 
 def same_shape_bottoms(ctx: ShapeContext) -> None:

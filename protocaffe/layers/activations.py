@@ -25,7 +25,6 @@ from protocaffe.layers.base import (
     LowerContext,
     Shape,
     ShapeContext,
-    canonical_axis,
     count,
     register,
     shape_str,
@@ -37,17 +36,13 @@ if TYPE_CHECKING:
     from torch import fx
 
 
-def checked_axis(
-    ctx: ShapeContext, axis: int, ndim: int, field: str = "axis", bottom: int = 0
-) -> int:
-    """Caffe's CanonicalAxisIndex: negative counts from the end; out of range is an error."""
-    if not -ndim <= axis < ndim:
+def require_channel_axis(ctx: ShapeContext) -> None:
+    """Per-channel layers (PReLU, BatchNorm) read axis 1, so the bottom needs N x C at least."""
+    if len(ctx.bottoms[0]) < 2:
         ctx.fail(
-            f"{field} {axis} is out of range for bottom '{ctx.layer.bottoms[bottom]}' of shape "
-            f"{shape_str(ctx.bottoms[bottom])} ({ndim} axes; valid: {-ndim}..{ndim - 1})",
-            field,
+            f"bottom '{ctx.layer.bottoms[0]}' has shape {shape_str(ctx.bottoms[0])}; "
+            f"{ctx.type} needs at least 2 axes (N x C x ...)"
         )
-    return canonical_axis(axis, ndim)
 
 
 class Pointwise(LayerDef):
@@ -113,11 +108,7 @@ class PReLU(Pointwise):
     param_field = "prelu_param"
 
     def check(self, ctx: ShapeContext) -> None:
-        if len(ctx.bottoms[0]) < 2:
-            ctx.fail(
-                f"bottom '{ctx.layer.bottoms[0]}' has shape {shape_str(ctx.bottoms[0])}; "
-                "PReLU needs at least 2 axes (N x C x ...)"
-            )
+        require_channel_axis(ctx)
 
     def blobs(self, ctx: ShapeContext) -> list[BlobSpec]:
         # PReLULayer::LayerSetUp: a 0-axis blob (one value) when shared, else [C]. A Caffe-written
@@ -321,10 +312,7 @@ class Threshold(Pointwise):
 
 @register
 class Dropout(Pointwise):
-    """TRAIN: y = x * mask * 1/(1-p) with mask ~ Bernoulli(1-p); TEST: y = x.
-
-    Forks with `scale_train: false` drop without scaling at TRAIN and multiply by (1-p) at TEST.
-    """
+    """TRAIN: y = x * mask * 1/(1-p) with mask ~ Bernoulli(1-p); TEST: y = x."""
 
     type = "Dropout"
     param_field = "dropout_param"
@@ -335,22 +323,14 @@ class Dropout(Pointwise):
             ctx.fail(f"dropout_ratio must be in [0, 1), got {ratio:g}", "dropout_ratio")
 
     def emit(self, ctx: LowerContext, x: fx.Node) -> fx.Node:
-        p = ctx.param
-        scale_train = getattr(p, "scale_train", True)
         if ctx.phase == caffe_pb2.TRAIN:
-            y = ctx.call(
-                F.dropout, x, p.dropout_ratio, training=True, inplace=ctx.can_modify_input(0)
-            )
-            return y if scale_train else ctx.call(torch.mul, y, 1 - p.dropout_ratio)
-        if not scale_train:
-            return ctx.call(torch.mul, x, 1 - p.dropout_ratio)
+            ratio = ctx.param.dropout_ratio
+            return ctx.call(F.dropout, x, ratio, training=True, inplace=ctx.can_modify_input(0))
         return x  # the lowering builder tracks aliases before allowing in-place ops
 
     def compute(self, ctx, x, blobs):
         if ctx.phase == caffe_pb2.TRAIN:
             raise NotImplementedError("Dropout at TRAIN is random; test it statistically")
-        if not getattr(ctx.param, "scale_train", True):
-            return x * (1 - ctx.param.dropout_ratio)
         return x
 
 

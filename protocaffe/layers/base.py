@@ -21,7 +21,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, NoReturn
 
-from protocaffe.diagnostics import CompileError, Diagnostic, Span
+from protocaffe.diagnostics import CompileError, Diagnostic, Severity, Span
 
 if TYPE_CHECKING:
     import numpy as np
@@ -40,6 +40,12 @@ def shape_str(shape: Sequence[int]) -> str:
 
 def count(shape: Sequence[int]) -> int:
     return math.prod(shape)
+
+
+def has_field(param: Any, name: str) -> bool:
+    """Whether protobuf message `param` sets field `name` (a repeated field: non-empty)."""
+    desc = param.DESCRIPTOR.fields_by_name[name]
+    return len(getattr(param, name)) > 0 if desc.is_repeated else param.HasField(name)
 
 
 def canonical_axis(axis: int, ndim: int) -> int:
@@ -118,13 +124,7 @@ class ShapeContext:
 
     def has(self, field: str) -> bool:
         """Whether the layer's param message sets `field` (scalar or repeated)."""
-        p = self.param
-        if p is None:
-            return False
-        desc = p.DESCRIPTOR.fields_by_name[field]
-        if desc.is_repeated:
-            return len(getattr(p, field)) > 0
-        return p.HasField(field)
+        return self.param is not None and has_field(self.param, field)
 
     def span(self, *field_path: str | int) -> Span | None:
         """Span of a field inside this layer's param message (or of the layer itself)."""
@@ -142,14 +142,34 @@ class ShapeContext:
 
     def fail(self, message: str, *field_path: str | int, hint: str | None = None) -> NoReturn:
         """Stop this layer's shape rule with an error located at the layer or one field."""
-        span = self.span(*field_path) if field_path else self.layer.span
-        text = f"{self.type} '{self.name}': {message}"
-        raise LayerError([Diagnostic("error", text, span or self.layer.span, hint)])
+        raise LayerError([self._diagnostic("error", message, field_path, hint)])
 
     def warn(self, message: str, *field_path: str | int, hint: str | None = None) -> None:
-        span = self.span(*field_path) if field_path else self.layer.span
+        self.warnings.append(self._diagnostic("warning", message, field_path, hint))
+
+    def _diagnostic(
+        self, severity: Severity, message: str, field_path: tuple[str | int, ...], hint: str | None
+    ) -> Diagnostic:
+        span = self.span(*field_path) if field_path else None
         text = f"{self.type} '{self.name}': {message}"
-        self.warnings.append(Diagnostic("warning", text, span or self.layer.span, hint))
+        return Diagnostic(severity, text, span or self.layer.span, hint)
+
+
+def checked_axis(ctx: ShapeContext, axis: int, *field: str | int) -> int:
+    """Caffe's CanonicalAxisIndex with its CHECK, as a diagnostic: `axis` of bottom[0].
+
+    `field` locates the axis among the layer's parameters (default `axis`); its last name
+    starts the message.
+    """
+    field = field or ("axis",)
+    ndim = len(ctx.bottoms[0])
+    if not -ndim <= axis < ndim:
+        ctx.fail(
+            f"{field[-1]} {axis} is out of range for bottom '{ctx.layer.bottoms[0]}' of shape "
+            f"{shape_str(ctx.bottoms[0])} ({ndim} axes; valid: {-ndim}..{ndim - 1})",
+            *field,
+        )
+    return canonical_axis(axis, ndim)
 
 
 class LowerContext:

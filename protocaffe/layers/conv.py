@@ -16,7 +16,6 @@ import numpy as np
 from protocaffe.layers._spatial import (
     Window,
     as_batch,
-    channel_axis,
     check_window_fits,
     col2im_nd,
     conv_out,
@@ -35,6 +34,7 @@ from protocaffe.layers.base import (
     Shape,
     ShapeContext,
     canonical_axis,
+    checked_axis,
     count,
     register,
     shape_str,
@@ -55,7 +55,7 @@ class _BaseConvolution(LayerDef):
 
     def geometry(self, ctx: ShapeContext) -> tuple[int, Window]:
         """(channel axis, window), with Caffe's LayerSetUp checks as diagnostics."""
-        axis = channel_axis(ctx, ctx.param.axis)
+        axis = checked_axis(ctx, ctx.param.axis)
         nsp = len(ctx.bottoms[0]) - axis - 1
         return axis, conv_window(ctx.param, nsp, ctx.fail)
 

@@ -12,13 +12,13 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from protocaffe.layers._spatial import channel_axis
 from protocaffe.layers.base import (
     Affine,
     LayerDef,
     Shape,
     ShapeContext,
     canonical_axis,
+    checked_axis,
     register,
     shape_str,
 )
@@ -47,7 +47,7 @@ class Crop(LayerDef):
     def shapes(self, ctx: ShapeContext) -> list[Shape]:
         data, like = ctx.bottoms
         names = ctx.layer.bottoms
-        axis = channel_axis(ctx, ctx.param.axis)
+        axis = checked_axis(ctx, ctx.param.axis)
         ndim = len(data)
         offset = list(ctx.param.offset)
         if len(offset) > 1 and len(offset) != ndim - axis:

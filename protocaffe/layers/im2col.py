@@ -15,7 +15,6 @@ import numpy as np
 from protocaffe.layers._spatial import (
     Window,
     as_batch,
-    channel_axis,
     check_window_fits,
     conv_out,
     conv_window,
@@ -30,6 +29,7 @@ from protocaffe.layers.base import (
     Shape,
     ShapeContext,
     canonical_axis,
+    checked_axis,
     register,
     shape_str,
 )
@@ -47,7 +47,7 @@ class Im2col(LayerDef):
     param_field = "convolution_param"
 
     def geometry(self, ctx: ShapeContext) -> tuple[int, Window]:
-        axis = channel_axis(ctx, ctx.param.axis)
+        axis = checked_axis(ctx, ctx.param.axis)
         nsp = len(ctx.bottoms[0]) - axis - 1
         if nsp < 1:
             ctx.fail(

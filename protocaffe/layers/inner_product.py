@@ -10,13 +10,13 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from protocaffe.layers._spatial import channel_axis
 from protocaffe.layers.base import (
     BlobSpec,
     LayerDef,
     Shape,
     ShapeContext,
     canonical_axis,
+    checked_axis,
     count,
     register,
 )
@@ -36,7 +36,7 @@ class InnerProduct(LayerDef):
     def shapes(self, ctx: ShapeContext) -> list[Shape]:
         if ctx.param.num_output <= 0:
             ctx.fail("num_output is required and must be positive", "num_output")
-        axis = channel_axis(ctx, ctx.param.axis)
+        axis = checked_axis(ctx, ctx.param.axis)
         return [(*ctx.bottoms[0][:axis], ctx.param.num_output)]
 
     def blobs(self, ctx: ShapeContext) -> list[BlobSpec]:

@@ -10,18 +10,20 @@ optimises the total, not here.
 from __future__ import annotations
 
 import operator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from protocaffe.layers.base import (
     LayerDef,
     LowerContext,
     Shape,
     ShapeContext,
+    canonical_axis,
+    checked_axis,
     count,
     register,
     shape_str,
 )
-from protocaffe.layers.structural import as_outer_c_inner, checked_axis, legacy_dim
+from protocaffe.layers.structural import as_outer_c_inner, legacy_dim
 from protocaffe.lazy import F, torch
 
 if TYPE_CHECKING:
@@ -144,12 +146,15 @@ class _SoftmaxLoss(_Loss):
     """Shared by SoftmaxWithLoss and InfogainLoss: softmax over an axis, labels elsewhere."""
 
     tops = (1, 2)
+    # Where the softmax axis is set: SoftmaxWithLoss reads softmax_param, InfogainLoss its own.
+    axis_param: ClassVar[str]
 
-    def _axis(self, ctx: ShapeContext | LowerContext, shape: Shape) -> int:
-        raise NotImplementedError
+    def _axis_setting(self, ctx: ShapeContext | LowerContext) -> int:
+        """The softmax axis as written (may be negative, not yet checked)."""
+        return getattr(ctx.layer.proto, self.axis_param).axis
 
     def _plan(self, ctx: ShapeContext) -> tuple[int, int, int, int]:
-        axis = self._axis(ctx, ctx.bottoms[0])
+        axis = checked_axis(ctx, self._axis_setting(ctx), self.axis_param, "axis")
         outer, channels, inner = _check_labels(ctx, axis, "softmax")
         return axis, outer, channels, inner
 
@@ -161,10 +166,31 @@ class _SoftmaxLoss(_Loss):
 
     def _lower_prob(self, ctx: LowerContext) -> tuple[fx.Node, tuple[int, int, int]]:
         shape = ctx.bottom_shapes[0]
-        axis = self._axis(ctx, shape)
+        axis = canonical_axis(self._axis_setting(ctx), len(shape))
         dims = as_outer_c_inner(shape, axis)
         x = ctx.call(torch.reshape, ctx.inputs[0], dims)
         return ctx.call(F.softmax, x, 1), dims
+
+    def reference(self, ctx, inputs, blobs):
+        import numpy as np
+
+        axis, outer, channels, inner = self._plan(ctx)
+        prob = _softmax_np(inputs[0].astype(np.float64), axis).reshape(outer, channels, inner)
+        labels = inputs[1].reshape(outer, inner).astype(int)
+        ignore, loss, valid = ignore_label(ctx), 0.0, 0
+        for i in range(outer):
+            for j in range(inner):
+                if ignore is not None and labels[i, j] == ignore:
+                    continue
+                loss += self._position_loss(inputs, prob[i, :, j], labels[i, j])
+                valid += 1
+        loss /= normalizer(normalization(ctx), outer, inner, valid)
+        out = [np.array(loss, dtype=np.float32)]
+        return out + [prob.reshape(inputs[0].shape).astype(np.float32)][: len(ctx.layer.tops) - 1]
+
+    def _position_loss(self, inputs: list[np.ndarray], p: np.ndarray, label: int) -> float:
+        """The oracle's loss at one non-ignored position: class probabilities `p`, its label."""
+        raise NotImplementedError
 
     def _with_prob(self, ctx: LowerContext, loss: fx.Node, prob: fx.Node) -> list[fx.Node]:
         if len(ctx.top_shapes) == 1:
@@ -176,12 +202,7 @@ class _SoftmaxLoss(_Loss):
 class SoftmaxWithLoss(_SoftmaxLoss):
     type = "SoftmaxWithLoss"
     param_field = "loss_param"
-
-    def _axis(self, ctx, shape):
-        axis = ctx.layer.proto.softmax_param.axis
-        if isinstance(ctx, ShapeContext):
-            return checked_axis(ctx, axis, len(shape), "softmax_param", "axis")
-        return axis + len(shape) if axis < 0 else axis
+    axis_param = "softmax_param"
 
     def lower(self, ctx: LowerContext) -> list[fx.Node]:
         prob, (outer, _, inner) = self._lower_prob(ctx)
@@ -195,25 +216,12 @@ class SoftmaxWithLoss(_SoftmaxLoss):
             ctx, _scaled(ctx, total, normalization(ctx), outer, inner, valid), prob
         )
 
-    def reference(self, ctx, inputs, blobs):
+    def _position_loss(self, inputs, p, label):
         import numpy as np
 
-        axis, outer, channels, inner = self._plan(ctx)
-        prob = _softmax_np(inputs[0].astype(np.float64), axis).reshape(outer, channels, inner)
-        labels = inputs[1].reshape(outer, inner).astype(int)
-        ignore, loss, valid = ignore_label(ctx), 0.0, 0
-        for i in range(outer):
-            for j in range(inner):
-                label = labels[i, j]
-                if ignore is not None and label == ignore:
-                    continue
-                if not 0 <= label < channels:
-                    raise ValueError(f"label {label} out of range [0, {channels})")
-                loss -= np.log(max(prob[i, label, j], FLT_MIN))
-                valid += 1
-        loss /= normalizer(normalization(ctx), outer, inner, valid)
-        out = [np.array(loss, dtype=np.float32)]
-        return out + [prob.reshape(inputs[0].shape).astype(np.float32)][: len(ctx.layer.tops) - 1]
+        if not 0 <= label < len(p):
+            raise ValueError(f"label {label} out of range [0, {len(p)})")
+        return -np.log(max(p[label], FLT_MIN))
 
 
 @register
@@ -223,12 +231,7 @@ class InfogainLoss(_SoftmaxLoss):
     type = "InfogainLoss"
     param_field = "infogain_loss_param"
     bottoms = (2, 3)
-
-    def _axis(self, ctx, shape):
-        axis = ctx.param.axis
-        if isinstance(ctx, ShapeContext):
-            return checked_axis(ctx, axis, len(shape), "axis")
-        return axis + len(shape) if axis < 0 else axis
+    axis_param = "infogain_loss_param"
 
     def shapes(self, ctx: ShapeContext) -> list[Shape]:
         if _loss_param(ctx).HasField("normalize"):
@@ -239,7 +242,7 @@ class InfogainLoss(_SoftmaxLoss):
                 hint="use loss_param { normalization: BATCH_SIZE } (or VALID, FULL, NONE)",
             )
         tops = super().shapes(ctx)
-        channels = ctx.bottoms[0][self._axis(ctx, ctx.bottoms[0])]
+        channels = self._plan(ctx)[2]
         if len(ctx.bottoms) == 3:
             if count(ctx.bottoms[2]) != channels * channels:
                 ctx.fail(
@@ -306,24 +309,11 @@ class InfogainLoss(_SoftmaxLoss):
             ctx, _scaled(ctx, total, normalization(ctx), outer, inner, valid), prob
         )
 
-    def reference(self, ctx, inputs, blobs):
+    def _position_loss(self, inputs, p, label):
         import numpy as np
 
-        axis, outer, channels, inner = self._plan(ctx)
-        prob = _softmax_np(inputs[0].astype(np.float64), axis).reshape(outer, channels, inner)
-        labels = inputs[1].reshape(outer, inner).astype(int)
-        h = inputs[2].reshape(channels, channels)  # the oracle takes H as the third input
-        ignore, loss, valid = ignore_label(ctx), 0.0, 0
-        for i in range(outer):
-            for j in range(inner):
-                if ignore is not None and labels[i, j] == ignore:
-                    continue
-                for c in range(channels):
-                    loss -= h[labels[i, j], c] * np.log(max(prob[i, c, j], LOG_THRESHOLD))
-                valid += 1
-        loss /= normalizer(normalization(ctx), outer, inner, valid)
-        out = [np.array(loss, dtype=np.float32)]
-        return out + [prob.reshape(inputs[0].shape).astype(np.float32)][: len(ctx.layer.tops) - 1]
+        h = inputs[2].reshape(len(p), len(p))  # the oracle takes H as the third input
+        return -sum(h[label, c] * np.log(max(p[c], LOG_THRESHOLD)) for c in range(len(p)))
 
 
 @register
@@ -341,7 +331,7 @@ class Accuracy(LayerDef):
 
     def _plan(self, ctx: ShapeContext) -> tuple[int, int, int, int]:
         data = ctx.bottoms[0]
-        axis = checked_axis(ctx, ctx.param.axis, len(data), "axis")
+        axis = checked_axis(ctx, ctx.param.axis)
         outer, channels, inner = _check_labels(ctx, axis, "label")
         if ctx.param.top_k > count(data) // max(1, count(ctx.bottoms[1])):
             ctx.fail(
@@ -356,7 +346,7 @@ class Accuracy(LayerDef):
 
     def lower(self, ctx: LowerContext) -> list[fx.Node]:
         shape = ctx.bottom_shapes[0]
-        axis = ctx.param.axis + len(shape) if ctx.param.axis < 0 else ctx.param.axis
+        axis = canonical_axis(ctx.param.axis, len(shape))
         outer, channels, inner = as_outer_c_inner(shape, axis)
         x = ctx.call(torch.reshape, ctx.inputs[0], (outer, channels, inner))
         labels = _labels(ctx, ctx.inputs[1], outer, inner)

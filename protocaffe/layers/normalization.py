@@ -12,13 +12,14 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from protocaffe.layers.activations import Pointwise, checked_axis
+from protocaffe.layers.activations import Pointwise, require_channel_axis
 from protocaffe.layers.base import (
     BlobSpec,
     LowerContext,
     Shape,
     ShapeContext,
     canonical_axis,
+    checked_axis,
     count,
     register,
     shape_str,
@@ -76,11 +77,7 @@ class BatchNorm(Pointwise):
     param_field = "batch_norm_param"
 
     def check(self, ctx: ShapeContext) -> None:
-        if len(ctx.bottoms[0]) < 2:
-            ctx.fail(
-                f"bottom '{ctx.layer.bottoms[0]}' has shape {shape_str(ctx.bottoms[0])}; "
-                "BatchNorm needs at least 2 axes (N x C x ...)"
-            )
+        require_channel_axis(ctx)
         # Caffe masks the statistics from the solver and refuses a param spec that would not.
         for i, spec in enumerate(ctx.layer.proto.param[:3]):
             if spec.lr_mult != 0:
@@ -165,7 +162,7 @@ def operand_geometry(ctx: ShapeContext) -> tuple[int, Shape]:
         operand = ctx.bottoms[1]
         if not operand:
             return 0, ()
-        axis = checked_axis(ctx, p.axis, len(x))
+        axis = checked_axis(ctx, p.axis)
         if tuple(x[axis : axis + len(operand)]) != tuple(operand):
             ctx.fail(
                 f"bottom '{names[1]}' of shape {shape_str(operand)} does not match bottom "
@@ -176,7 +173,7 @@ def operand_geometry(ctx: ShapeContext) -> tuple[int, Shape]:
                 f"{shape_str(x[axis:])} or a prefix of it",
             )
         return axis, tuple(operand)
-    axis = checked_axis(ctx, p.axis, len(x))
+    axis = checked_axis(ctx, p.axis)
     if p.num_axes < -1:
         ctx.fail(f"num_axes must be >= 0, or -1 for 'to the end'; got {p.num_axes}", "num_axes")
     if p.num_axes >= 0 and axis + p.num_axes > len(x):

@@ -8,13 +8,13 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from protocaffe.layers.activations import checked_axis
 from protocaffe.layers.base import (
     LayerDef,
     LowerContext,
     Shape,
     ShapeContext,
     canonical_axis,
+    checked_axis,
     count,
     register,
     shape_str,
@@ -35,7 +35,7 @@ class Softmax(LayerDef):
     in_place = True
 
     def shapes(self, ctx: ShapeContext) -> list[Shape]:
-        checked_axis(ctx, ctx.param.axis, len(ctx.bottoms[0]))
+        checked_axis(ctx, ctx.param.axis)
         return [ctx.bottoms[0]]
 
     def lower(self, ctx: LowerContext) -> list[fx.Node]:
@@ -71,7 +71,7 @@ class ArgMax(LayerDef):
         if k < 1:
             ctx.fail(f"top_k must be at least 1, got {k}", "top_k")
         if ctx.has("axis"):
-            axis = checked_axis(ctx, p.axis, len(x))
+            axis = checked_axis(ctx, p.axis)
             if k > x[axis]:
                 ctx.fail(
                     f"top_k {k} exceeds axis {axis} of bottom '{ctx.layer.bottoms[0]}' "
@@ -178,7 +178,7 @@ class Reduction(LayerDef):
 
     def shapes(self, ctx: ShapeContext) -> list[Shape]:
         x = tuple(ctx.bottoms[0])
-        return [x[: checked_axis(ctx, ctx.param.axis, len(x))]]
+        return [x[: checked_axis(ctx, ctx.param.axis)]]
 
     def macs(self, ctx: ShapeContext, tops: list[Shape]) -> int:
         return count(ctx.bottoms[0]) if ctx.param.operation == _RED.SUMSQ else 0

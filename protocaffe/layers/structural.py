@@ -17,6 +17,8 @@ from protocaffe.layers.base import (
     LowerContext,
     Shape,
     ShapeContext,
+    canonical_axis,
+    checked_axis,
     count,
     register,
     shape_str,
@@ -25,16 +27,6 @@ from protocaffe.lazy import F, torch
 
 if TYPE_CHECKING:
     from torch import fx
-
-
-def checked_axis(ctx: ShapeContext, axis: int, ndim: int, *field: str | int) -> int:
-    """Caffe's CanonicalAxisIndex: axis in [-ndim, ndim), negative counts from the end."""
-    if not -ndim <= axis < ndim:
-        ctx.fail(
-            f"axis {axis} is out of range for a {ndim}-axis blob (valid: {-ndim} to {ndim - 1})",
-            *field,
-        )
-    return axis + ndim if axis < 0 else axis
 
 
 def legacy_dim(shape: Shape, index: int) -> int:
@@ -55,9 +47,13 @@ def _deprecated_axis(ctx: ShapeContext, alias: str) -> int:
     if ctx.has(alias):
         axis = getattr(ctx.param, alias)
         if axis >= ndim:
-            ctx.fail(f"{alias} {axis} is out of range for a {ndim}-axis blob", alias)
+            ctx.fail(
+                f"{alias} {axis} is out of range for bottom '{ctx.layer.bottoms[0]}' of shape "
+                f"{shape_str(ctx.bottoms[0])} ({ndim} axes; valid: 0..{ndim - 1})",
+                alias,
+            )
         return axis
-    return checked_axis(ctx, ctx.param.axis, ndim, "axis")
+    return checked_axis(ctx, ctx.param.axis)
 
 
 def _spatial_identity(axis: int) -> Affine | None:
@@ -115,7 +111,7 @@ def _lower_axis(ctx: LowerContext, alias: str) -> int:
     """The (already validated) axis of a Concat/Slice at lowering time."""
     p = ctx.param
     axis = getattr(p, alias) if p.HasField(alias) else p.axis
-    return axis + len(ctx.bottom_shapes[0]) if axis < 0 else axis
+    return canonical_axis(axis, len(ctx.bottom_shapes[0]))
 
 
 def _slice_sizes(ctx: ShapeContext, axis: int) -> list[int]:
@@ -220,7 +216,11 @@ class Reshape(LayerDef):
         dims = list(p.shape.dim)
         start = p.axis if p.axis >= 0 else ndim + p.axis + 1
         if not 0 <= start <= ndim:
-            ctx.fail(f"axis {p.axis} is out of range for a {ndim}-axis bottom", "axis")
+            ctx.fail(
+                f"axis {p.axis} is out of range for bottom '{ctx.layer.bottoms[0]}' of shape "
+                f"{shape_str(bottom)} ({ndim} axes; valid: {-ndim - 1}..{ndim})",
+                "axis",
+            )
         if p.num_axes < -1:
             ctx.fail(f"num_axes must be >= 0, or -1 for all; got {p.num_axes}", "num_axes")
         end = ndim if p.num_axes == -1 else start + p.num_axes
@@ -281,8 +281,8 @@ class Flatten(LayerDef):
     def shapes(self, ctx: ShapeContext) -> list[Shape]:
         _no_in_place(ctx)
         bottom = ctx.bottoms[0]
-        start = checked_axis(ctx, ctx.param.axis, len(bottom), "axis")
-        end = checked_axis(ctx, ctx.param.end_axis, len(bottom), "end_axis")
+        start = checked_axis(ctx, ctx.param.axis)
+        end = checked_axis(ctx, ctx.param.end_axis, "end_axis")
         if end + 1 < start:
             ctx.fail(f"end_axis ({end}) comes before axis ({start})", "end_axis")
         return [(*bottom[:start], count(bottom[start : end + 1]), *bottom[end + 1 :])]
@@ -301,7 +301,7 @@ class Tile(LayerDef):
     param_field = "tile_param"
 
     def _axis_tiles(self, ctx: ShapeContext) -> tuple[int, int]:
-        axis = checked_axis(ctx, ctx.param.axis, len(ctx.bottoms[0]), "axis")
+        axis = checked_axis(ctx, ctx.param.axis)
         if not ctx.has("tiles"):
             ctx.fail("the number of tiles must be specified", hint="add tile_param { tiles: N }")
         if ctx.param.tiles <= 0:
@@ -315,7 +315,7 @@ class Tile(LayerDef):
 
     def lower(self, ctx: LowerContext) -> list[fx.Node]:
         ndim = len(ctx.bottom_shapes[0])
-        axis = ctx.param.axis + ndim if ctx.param.axis < 0 else ctx.param.axis
+        axis = canonical_axis(ctx.param.axis, ndim)
         reps = tuple(ctx.param.tiles if i == axis else 1 for i in range(ndim))
         return [ctx.call(torch.tile, ctx.inputs[0], reps)]
 
@@ -502,4 +502,4 @@ def as_outer_c_inner(shape: Shape, axis: int) -> tuple[int, int, int]:
     return count(shape[:axis]), shape[axis], count(shape[axis + 1 :])
 
 
-__all__ = ["as_outer_c_inner", "checked_axis", "legacy_dim"]
+__all__ = ["as_outer_c_inner", "legacy_dim"]

@@ -44,7 +44,15 @@ def resolve_device(device: Any) -> Any:
 
     if device is None or device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    resolved = torch.device(device)
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        why = (
+            f"this torch ({torch.__version__}) is built without CUDA"
+            if torch.version.cuda is None
+            else "no CUDA GPU is visible"
+        )
+        raise ValueError(f"device {str(device)!r} is not available: {why}; use 'cpu' or 'auto'")
+    return resolved
 
 
 def resolve_dtype(dtype: Any) -> Any:

@@ -78,4 +78,9 @@ def top_k(scores: np.ndarray, k: int) -> list[tuple[int, float]]:
 def read_labels(path: Path | None) -> list[str] | None:
     if path is None:
         return None
-    return [line.strip() for line in Path(path).read_text().splitlines()]
+    data = Path(path).read_bytes()
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError:  # old label files (synset_words and the like) may be Latin-1
+        text = data.decode("latin-1")
+    return [line.strip() for line in text.splitlines()]

@@ -178,6 +178,8 @@ def load_npy(path: Path) -> np.ndarray:
         arr = np.load(path, allow_pickle=False)
     except (ValueError, OSError) as err:
         raise input_error(f"{path}: cannot read .npy array: {err}") from None
+    if arr.dtype.kind not in "biuf":
+        raise input_error(f"{path}: holds {arr.dtype} values; expected real numbers")
     if arr.ndim == 3:
         arr = arr[None]
     return arr.astype(np.float32, copy=False)
