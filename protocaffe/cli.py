@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 from protocaffe.diagnostics import CompileError, print_diagnostics
@@ -42,17 +43,34 @@ def main(argv: list[str] | None = None) -> int:
         print_diagnostics(err.diagnostics)
         return EXIT_INPUT
     except UsageError as err:
-        parser.print_usage(sys.stderr)
+        command_parser(parser, args.command).print_usage(sys.stderr)
         print(f"protocaffe {args.command}: error: {err}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:
         # `protocaffe compile net.prototxt | head`: the reader left; say nothing more.
-        import os
-
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return EXIT_OK
+    except Exception as err:
+        # A bug, not the user's fault: one clear line instead of a traceback, unless asked.
+        if os.environ.get("PROTOCAFFE_TRACEBACK"):
+            raise
+        print(
+            f"protocaffe {args.command}: internal error: {type(err).__name__}: {err}\n"
+            "  = hint: this is a protocaffe bug; set PROTOCAFFE_TRACEBACK=1 to see where, "
+            "and please report it with the input",
+            file=sys.stderr,
+        )
+        return EXIT_INPUT
+
+
+def command_parser(parser: argparse.ArgumentParser, command: str) -> argparse.ArgumentParser:
+    """The subcommand's own parser (for its usage line)."""
+    for action in parser._subparsers._group_actions if parser._subparsers else ():
+        if isinstance(action, argparse._SubParsersAction) and command in action.choices:
+            return action.choices[command]
+    return parser
 
 
 if __name__ == "__main__":

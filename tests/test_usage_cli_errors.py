@@ -105,3 +105,26 @@ def test_too_small_input_suggests_resize(net: Path, tmp_path: Path, capsys):
     assert "small.png: the net does not take input data 1x3x4x4" in err
     assert "pass --resize 6,6" in err and "Traceback" not in err
     assert cli(*argv, "--device", "cpu", "--resize", "6,6") == 0
+
+
+def test_internal_errors_are_one_line_not_a_traceback(monkeypatch, capsys):
+    from protocaffe import cli
+    from protocaffe.commands import fmt
+
+    def broken(args):
+        raise RuntimeError("boom")
+
+    real_add = fmt.add_parser
+
+    def add_broken(sub):
+        real_add(sub)
+        sub.choices["fmt"].set_defaults(func=broken)
+
+    monkeypatch.setattr(fmt, "add_parser", add_broken)
+    monkeypatch.delenv("PROTOCAFFE_TRACEBACK", raising=False)
+    assert cli.main(["fmt", "x.prototxt"]) == 1
+    err = capsys.readouterr().err
+    assert "internal error: RuntimeError: boom" in err and "Traceback" not in err
+    monkeypatch.setenv("PROTOCAFFE_TRACEBACK", "1")
+    with pytest.raises(RuntimeError, match="boom"):
+        cli.main(["fmt", "x.prototxt"])
