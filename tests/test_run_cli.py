@@ -255,22 +255,23 @@ def test_transform_param_supplies_defaults(tmp_path: Path) -> None:
     np.testing.assert_allclose(saved, caffe_blob(rgb, (10, 20, 30), 0.5))
 
 
-def test_fixed_size_net_asks_for_resize(tmp_path: Path, capsys) -> None:
+def test_fixed_size_net_resizes_images_to_its_input(tmp_path: Path, capsys) -> None:
+    # Like Caffe's classification example: an image is resized to the input geometry when the
+    # weights (an InnerProduct after the spatial axes) fix it; --resize to another size fails.
     proto, weights = make_net(tmp_path, CLASSIFIER)
-    make_image(tmp_path / "big.png", 9, 7, 0)
-    args = (
-        proto,
-        "--weights",
-        weights,
-        "--input",
-        tmp_path / "big.png",
-        "--output",
-        tmp_path / "o",
-    )
-    assert cli(*args, "--device", "cpu") == 1
+    rgb = make_image(tmp_path / "big.png", 9, 7, 0)
+    args = (proto, "--weights", weights, "--input", tmp_path / "big.png", "--device", "cpu")
+    assert cli(*args, "--output", tmp_path / "o", "--save-blobs", "prob") == 0
     err = capsys.readouterr().err
-    assert "InnerProduct 'fc'" in err and "--resize" in err and "net.prototxt:" in err
-    assert cli(*args, "--device", "cpu", "--resize", "6,6") == 0
+    assert "fix input 'data' at 6x6; images are resized to it" in err
+    resized = np.asarray(Image.fromarray(rgb).resize((6, 6), Image.BILINEAR))
+    want = forward(proto, weights, caffe_blob(resized, mean=(0.0, 0.0, 0.0)), "prob")
+    got = np.load(tmp_path / "o" / "big_blobs.npz")["prob"]
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+    assert cli(*args, "--output", tmp_path / "o2", "--resize", "8,8") == 1
+    err = capsys.readouterr().err
+    assert "InnerProduct 'fc'" in err and "--resize 6,6" in err and "net.prototxt:" in err
 
 
 @pytest.mark.parametrize(

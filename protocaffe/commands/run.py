@@ -184,6 +184,24 @@ def check_resizable(module: Any, shapes: dict[str, tuple[int, ...]], path: Any =
             )
 
 
+def fit_fixed_size(module: Any, feed: Any, prep: Preprocess) -> None:
+    """Resize images to the declared input size when the weights fix it (an InnerProduct
+    after the spatial axes), as Caffe's classification example resizes to the input geometry.
+    --resize and transform_param.crop_size take precedence; .npy inputs are never resized."""
+    if prep.resize is not None or prep.crop_size or len(feed.shape) != 4:
+        return
+    n, c, h, w = feed.shape
+    try:
+        check_resizable(module, {feed.blob: (n, c, h + 32, w + 32)})
+    except CompileError:
+        prep.resize = (h, w)
+        print(
+            f"note: the net's weights fix input '{feed.blob}' at {h}x{w}; images are resized "
+            "to it (--resize H,W chooses another size)",
+            file=sys.stderr,
+        )
+
+
 def to_input(model: Model, array: Any) -> Any:
     import torch
 
@@ -351,6 +369,7 @@ def run(args: argparse.Namespace) -> int:
     graph = model.module.caffe_graph
     feed = fed_input(graph)
     prep = preprocess_for(graph, args)
+    fit_fixed_size(model.module, feed, prep)
     interpret = wanted or [v.blob for v in graph.outputs]
 
     if args.batch_size > 1:
