@@ -356,3 +356,18 @@ def test_large_file_peak_memory(tmp_path):
     base, peak, seconds = map(float, out.stdout.split())
     print(f"file {size_mib:.0f} MiB: RSS {base:.0f} -> {peak:.0f} MiB in {seconds:.2f} s")
     assert peak - base < size_mib * 1.15
+
+
+@pytest.mark.parametrize(
+    ("content", "hint"),
+    [
+        (b"\x89HDF\r\n\x1a\n" + bytes(range(256)) * 4, "HDF5 file"),
+        (b'name: "net"\nlayer { name: "a" type: "ReLU" }\n', "text prototxt"),
+    ],
+)
+def test_unreadable_weights_say_what_they_are(tmp_path, content, hint):
+    path = tmp_path / "w.caffemodel"
+    path.write_bytes(content)
+    with pytest.raises(CompileError) as err:
+        read_index(path)
+    assert "not a binary caffemodel" in str(err.value) and hint in str(err.value)

@@ -234,10 +234,28 @@ def read_index(path: str | Path) -> WeightsFile:
                 Diagnostic(
                     "error",
                     f"{path}: not a binary caffemodel (caffe.NetParameter): {err}",
-                    hint="is it a text prototxt, an HDF5 snapshot or a truncated download?",
+                    hint=_what_it_is(path),
                 )
             ]
         ) from None
+
+
+def _what_it_is(path: str | Path) -> str:
+    """A hint naming what an unreadable weights file most likely is."""
+    with open(path, "rb") as f:
+        head = f.read(512)
+    if head.startswith(b"\x89HDF\r\n\x1a\n"):
+        return (
+            "this is an HDF5 file (a .caffemodel.h5 snapshot), which protocaffe does not read; "
+            "save the net as a binary .caffemodel (Caffe's snapshot_format: BINARYPROTO)"
+        )
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError:
+        return "is it a truncated download, or another framework's file?"
+    if any(word in text for word in ("layer", "name:", "type:", "input")):
+        return "this is a text prototxt (the net definition); --weights takes the binary file"
+    return "is it a text file, a truncated download, or another framework's file?"
 
 
 def _index(buf: Any, path: str) -> WeightsFile:
