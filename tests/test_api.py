@@ -5,18 +5,16 @@ from __future__ import annotations
 import importlib.util
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from _corpus import CORPUS
 
 import protocaffe
 from protocaffe.cli import main
 from protocaffe.diagnostics import CompileError
 from protocaffe.lower.emit import emit_python
-
-CORPUS = Path(__file__).resolve().parents[2] / "shared" / "corpus"
 
 DEPLOY = """name: "tiny"
 input: "data"

@@ -10,13 +10,13 @@ import csv
 from pathlib import Path
 
 import pytest
+from _corpus import CORPUS
 
 from protocaffe.diagnostics import CompileError
 from protocaffe.frontend import load_net
 from protocaffe.ir import build_graph
 from protocaffe.layers.base import count
 
-CORPUS = Path(__file__).resolve().parents[2] / "shared" / "corpus"
 needs_corpus = pytest.mark.skipif(not CORPUS.is_dir(), reason=f"corpus not found at {CORPUS}")
 
 

@@ -7,13 +7,12 @@ import struct
 from pathlib import Path
 
 import pytest
+from _corpus import CORPUS
 
 from protocaffe.cli import main
 from protocaffe.frontend import format_message, parse_text
 from protocaffe.frontend.printer import format_float32, quote
 from protocaffe.proto import caffe_pb2
-
-CORPUS = Path(__file__).resolve().parents[2] / "shared" / "corpus"
 
 
 def f32(x: float) -> float:

@@ -8,15 +8,13 @@ ceil((H + 2p - k) / s) + 1, minus 1 when p > 0 and (out-1)*s >= H + p.
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import pytest
+from _corpus import CORPUS
 
 from protocaffe.diagnostics import CompileError
 from protocaffe.layers.base import IDENTITY, Affine, ShapeContext
 from protocaffe.testing import compile_snippet
-
-CORPUS = Path(__file__).resolve().parents[2] / "shared" / "corpus"
 
 
 def layer_text(kind: str, param: str, body: str, bottoms=("x",), tops=("y",)) -> str:

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from _corpus import CORPUS
 
 import protocaffe
 from protocaffe.runtime.caffemodel import save_caffemodel
@@ -20,7 +21,6 @@ cv2 = pytest.importorskip("cv2")
 if not hasattr(cv2, "dnn") or not hasattr(cv2.dnn, "readNetFromCaffe"):
     pytest.skip("this OpenCV has no Caffe importer", allow_module_level=True)
 
-CORPUS = Path(__file__).resolve().parents[2] / "shared" / "corpus"
 NETS = {
     "squeezenet-1.0": "forresti__SqueezeNet/SqueezeNet_v1.0__deploy.prototxt",
     "mobilenet": "shicai__MobileNet-Caffe/mobilenet_deploy.prototxt",

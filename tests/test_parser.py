@@ -6,13 +6,13 @@ import math
 from pathlib import Path
 
 import pytest
+from _corpus import CORPUS
 from google.protobuf import text_format
 
 from protocaffe.diagnostics import CompileError
 from protocaffe.frontend import load_net, load_solver, parse_text
 from protocaffe.proto import caffe_pb2
 
-CORPUS = Path(__file__).resolve().parents[2] / "shared" / "corpus"
 CORPUS_FILES = (
     sorted(p for p in CORPUS.glob("*/*") if p.suffix not in (".md", ".tsv"))
     if CORPUS.is_dir()

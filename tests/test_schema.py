@@ -7,6 +7,7 @@ import re
 from pathlib import Path
 
 import pytest
+from _corpus import CORPUS
 from google.protobuf import text_format
 
 from protocaffe.proto import caffe_pb2
@@ -14,7 +15,6 @@ from protocaffe.proto import caffe_pb2
 REPO = Path(__file__).resolve().parents[1]
 PROTO_DIR = REPO / "protos"
 GENERATED = REPO / "protocaffe" / "proto"
-CORPUS = Path(__file__).resolve().parents[2] / "shared" / "corpus"
 MANIFEST = CORPUS / "MANIFEST.tsv"
 
 

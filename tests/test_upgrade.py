@@ -7,16 +7,15 @@ that upgrading an old upstream file gives the file upstream later committed in i
 from __future__ import annotations
 
 import csv
-from pathlib import Path
 
 import pytest
+from _corpus import CORPUS
 from google.protobuf import text_format
 
 from protocaffe.diagnostics import CompileError
 from protocaffe.frontend.upgrade import upgrade_net, upgrade_solver
 from protocaffe.proto import caffe_pb2
 
-CORPUS = Path(__file__).resolve().parents[2] / "shared" / "corpus"
 needs_corpus = pytest.mark.skipif(not CORPUS.is_dir(), reason=f"corpus not found at {CORPUS}")
 V1 = caffe_pb2.V1LayerParameter
 
