@@ -10,6 +10,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Literal
 
 Severity = Literal["error", "warning", "note"]
@@ -22,10 +23,14 @@ class SourceFile:
     path: str
     text: str
 
-    def line(self, lineno: int) -> str:
+    @cached_property
+    def _lines(self) -> list[str]:
         # Split on "\n" only: the lexer counts lines that way (a lone "\r" or form feed
-        # inside a line must not shift the quoted line).
-        lines = self.text.split("\n")
+        # inside a line must not shift the quoted line). Split once, not per diagnostic.
+        return self.text.split("\n")
+
+    def line(self, lineno: int) -> str:
+        lines = self._lines
         return lines[lineno - 1].rstrip("\r") if 1 <= lineno <= len(lines) else ""
 
 

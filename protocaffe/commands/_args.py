@@ -4,6 +4,13 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from protocaffe.diagnostics import CompileError, Diagnostic
+
+if TYPE_CHECKING:
+    from protocaffe.diagnostics import SourceFile
 
 
 def int_at_least(minimum: int) -> Callable[[str], int]:
@@ -58,3 +65,30 @@ def add_runtime_args(p: argparse.ArgumentParser) -> None:
         help="torch.compile the module (on CPU with inductor freezing)",
     )
     p.add_argument("--seed", type=int, default=0, help="seed for fillers and random inputs (0)")
+
+
+def input_error(message: str, span: Any = None, hint: str | None = None) -> CompileError:
+    """A bad input (exit 1): one error diagnostic, to raise."""
+    return CompileError([Diagnostic("error", message, span, hint)])
+
+
+def write_error(path: Any, why: Any) -> CompileError:
+    return input_error(f"cannot write '{path}': {why}")
+
+
+def read_input(path: str) -> SourceFile:
+    """The prototxt at `path`; an unreadable file is a bad input (exit 1), as in `compile`."""
+    from protocaffe.frontend import read_source
+
+    try:
+        return read_source(path)
+    except OSError as err:
+        raise input_error(f"cannot read '{path}': {err.strerror or err}") from None
+
+
+def write_output(path: str, text: str) -> None:
+    """Write `text` to `path` as UTF-8; a failure is a bad input (exit 1)."""
+    try:
+        Path(path).write_text(text, encoding="utf-8")
+    except OSError as err:
+        raise write_error(path, err.strerror or err) from None

@@ -43,22 +43,20 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from protocaffe.commands.run import load_model
+    from protocaffe.commands.run import load_model, to_input
     from protocaffe.runtime.timing import activation_peak_bytes, blob_bytes, layer_times, time_calls
 
     shapes = parse_input_shapes(args.input)
     model = load_model(args, weights=None, input_shapes=shapes or None, quiet_fillers=True)
     module, device, dtype = model.module, model.device, model.dtype
     gen = torch.Generator().manual_seed(args.seed)
-    inputs = {}
-    for value in module.caffe_graph.inputs:
-        x = torch.randn(value.shape, generator=gen).to(device=device, dtype=dtype)
-        if args.channels_last and x.dim() == 4:
-            x = x.contiguous(memory_format=torch.channels_last)
-        inputs[value.blob] = x
+    inputs = {
+        value.blob: to_input(model, torch.randn(value.shape, generator=gen))
+        for value in module.caffe_graph.inputs
+    }
 
     with torch.no_grad():
-        total = time_calls(lambda: model.module(inputs), args.iterations, args.warmup, device)
+        total = time_calls(lambda: module(inputs), args.iterations, args.warmup, device)
         layers = (
             []
             if args.no_layers

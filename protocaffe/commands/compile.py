@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
 
 from protocaffe.commands._args import add_input_shapes, parse_input_shapes
 from protocaffe.diagnostics import CompileError, print_diagnostics
@@ -41,8 +40,6 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from protocaffe.cli import UsageError
-    from protocaffe.frontend import load_net
-    from protocaffe.ir import build_graph
     from protocaffe.ir.report import (
         build_report,
         explain_hint,
@@ -51,14 +48,13 @@ def run(args: argparse.Namespace) -> int:
         find_layers,
         render_table,
     )
+    from protocaffe.runtime.api import compile_net
 
     shapes = parse_input_shapes(args.input)
     try:
-        # A Path: the argument is never taken for prototxt text; an unreadable file is a
-        # CompileError ("cannot read ...", exit 1).
-        parsed = load_net(Path(args.net))
-        graph = build_graph(
-            parsed, phase=args.phase, stages=args.stage, level=args.level, input_shapes=shapes
+        # An unreadable file is a CompileError ("cannot read ...", exit 1).
+        graph = compile_net(
+            args.net, phase=args.phase, stages=args.stage, level=args.level, input_shapes=shapes
         )
     except CompileError as err:
         if not args.json:

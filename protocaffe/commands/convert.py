@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from protocaffe.commands._args import write_error
+
 DESCRIPTION = """\
 Load NET with its weights (or filler-initialised blobs when --weights is omitted) and write
 them to OUT. The format follows OUT's extension: .safetensors and .pt hold the PyTorch
@@ -49,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
             ) from None
 
     if not out.parent.is_dir():  # fail before loading (a large net takes a while)
-        raise _write_error(out, "no such directory")
+        raise write_error(out, "no such directory")
 
     from protocaffe.runtime.api import load
 
@@ -64,11 +66,11 @@ def run(args: argparse.Namespace) -> int:
     try:
         _write(module, out, safetensors)
     except (OSError, RuntimeError) as err:  # torch and safetensors raise their own types
-        raise _write_error(out, getattr(err, "strerror", None) or str(err)) from None
+        raise write_error(out, getattr(err, "strerror", None) or str(err)) from None
     except Exception as err:
         if type(err).__name__ != "SafetensorError":
             raise
-        raise _write_error(out, str(err)) from None
+        raise write_error(out, str(err)) from None
     print(f"wrote {out} ({len(module.state_dict())} tensors)")
     return 0
 
@@ -90,12 +92,6 @@ def _write(module: object, out: Path, safetensors: object) -> None:
         import torch
 
         torch.save(module.state_dict(), out)
-
-
-def _write_error(out: Path, why: str) -> Exception:
-    from protocaffe.diagnostics import CompileError, Diagnostic
-
-    return CompileError([Diagnostic("error", f"cannot write '{out}': {why}")])
 
 
 def _unshared(state: dict) -> dict:

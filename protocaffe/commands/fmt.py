@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
+
+from protocaffe.commands._args import read_input, write_output
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -31,17 +32,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from protocaffe.cli import UsageError
-    from protocaffe.diagnostics import CompileError, Diagnostic, print_diagnostics
-    from protocaffe.frontend import format_message, parse_text, read_source
+    from protocaffe.diagnostics import Diagnostic, print_diagnostics
+    from protocaffe.frontend import format_message, parse_text
     from protocaffe.frontend.textformat import count_comments
 
     if args.check and args.output:
         raise UsageError("--check writes nothing; drop -o")
-    try:
-        source = read_source(args.file)
-    except OSError as err:  # a bad input (exit 1), as in `compile` and `upgrade`
-        message = f"cannot read '{args.file}': {err.strerror or err}"
-        raise CompileError([Diagnostic("error", message)]) from None
+    source = read_input(args.file)
     parsed = parse_text(source.text, source.path, source=source)
     print_diagnostics(parsed.diagnostics)
     out = format_message(parsed.message)
@@ -56,11 +53,7 @@ def run(args: argparse.Namespace) -> int:
             [Diagnostic("warning", f"{source.path}: {comments} comment(s) dropped by fmt")]
         )
     if args.output:
-        try:
-            Path(args.output).write_text(out, encoding="utf-8")
-        except OSError as err:
-            message = f"cannot write '{args.output}': {err.strerror or err}"
-            raise CompileError([Diagnostic("error", message)]) from None
+        write_output(args.output, out)
     else:
         sys.stdout.write(out)
     return 0

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from protocaffe.commands._args import add_runtime_args, int_at_least
+from protocaffe.commands._args import add_runtime_args, input_error, int_at_least
 from protocaffe.diagnostics import CompileError, Diagnostic
 
 if TYPE_CHECKING:
@@ -70,10 +70,6 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def _error(message: str, span: Any = None, hint: str | None = None) -> CompileError:
-    return CompileError([Diagnostic("error", message, span, hint)])
-
-
 # --- the module ------------------------------------------------------------------------------
 
 
@@ -85,7 +81,6 @@ class Model:
     device: Any
     dtype: Any
     channels_last: bool
-    compiled: bool
 
 
 def load_model(
@@ -106,6 +101,7 @@ def load_model(
         device = resolve_device(args.device)
     except ValueError as err:  # --device cuda where torch has no CUDA: bad usage, not a bug
         raise UsageError(f"--device {args.device}: {str(err).split(': ', 1)[-1]}") from None
+    dtype = resolve_dtype(args.dtype)
     if weights is None and not quiet_fillers:
         print(
             f"warning: no --weights: using Caffe fillers (seed {args.seed}); "
@@ -117,8 +113,8 @@ def load_model(
         module = load(
             args.net,
             weights=weights,
-            device=args.device,
-            dtype=args.dtype,
+            device=device,
+            dtype=dtype,
             channels_last=args.channels_last,
             input_shapes=input_shapes,
             outputs=list(outputs),
@@ -130,22 +126,18 @@ def load_model(
         [d for d in module.caffe_graph.diagnostics if d.severity != "note"]
         + (report.diagnostics if report is not None else [])
     )
-    model = Model(module, device, resolve_dtype(args.dtype), args.channels_last, False)
-    model.compiled = args.compile
     if args.compile:
         module.compile()
-    return model
+    return Model(module, device, dtype, args.channels_last)
 
 
 def _resize_hint(graph: Any) -> str:
-    declared = ", ".join(f"{v.blob} {_shape_str(v.shape)}" for v in graph.inputs)
+    from protocaffe.layers.base import shape_str
+
+    declared = ", ".join(f"{v.blob} {shape_str(v.shape)}" for v in graph.inputs)
     value = graph.inputs[0]
     size = f" {value.shape[-2]},{value.shape[-1]}" if len(value.shape) == 4 else " H,W"
     return f"the net was defined for {declared}: pass --resize{size} to match it"
-
-
-def _shape_str(shape: Sequence[int]) -> str:
-    return "x".join(map(str, shape))
 
 
 def check_resizable(module: Any, shapes: dict[str, tuple[int, ...]], path: Any = None) -> None:
@@ -156,10 +148,10 @@ def check_resizable(module: Any, shapes: dict[str, tuple[int, ...]], path: Any =
     from protocaffe.layers.base import shape_str
 
     old = module.caffe_graph
+    given = ", ".join(f"{k} {shape_str(v)}" for k, v in shapes.items())
     try:
         variant = module.reshaped([shapes[n] for n in module.input_names])
     except CompileError as err:
-        given = ", ".join(f"{k} {shape_str(v)}" for k, v in shapes.items())
         where = f"{path}: " if path is not None else ""
         err.diagnostics.append(
             Diagnostic(
@@ -174,8 +166,7 @@ def check_resizable(module: Any, shapes: dict[str, tuple[int, ...]], path: Any =
         now = [s.shape for s in layer.blob_specs]
         before = [s.shape for s in was.blob_specs]
         if now != before:
-            given = ", ".join(f"{k} {shape_str(v)}" for k, v in shapes.items())
-            raise _error(
+            raise input_error(
                 f"{layer.type} '{layer.name}': its weights fix the net's input size; input "
                 f"{given} would need blobs {' '.join(shape_str(s) for s in now)}, the loaded "
                 f"ones are {' '.join(shape_str(s) for s in before)}",
@@ -203,9 +194,10 @@ def fit_fixed_size(module: Any, feed: Any, prep: Preprocess) -> None:
 
 
 def to_input(model: Model, array: Any) -> Any:
+    """A numpy array or tensor as an input blob on the model's device, dtype and layout."""
     import torch
 
-    x = torch.from_numpy(array).to(device=model.device, dtype=model.dtype)
+    x = torch.as_tensor(array).to(device=model.device, dtype=model.dtype)
     if model.channels_last and x.dim() == 4:
         x = x.contiguous(memory_format=torch.channels_last)
     return x
@@ -257,7 +249,7 @@ def preprocess_for(graph: Any, args: argparse.Namespace) -> Preprocess:
         prep.mean, prep.mean_image = None, mean_image
     elif mean is None and transform is not None and transform.HasField("mean_file"):
         if len(transform.mean_value):
-            raise _error(
+            raise input_error(
                 "transform_param sets both mean_file and mean_value; Caffe accepts only one",
                 proto_span(value.producer),
             )
@@ -272,7 +264,7 @@ def _mean_file_arg(text: str | None) -> str | None:
         return None
     if Path(text).suffix.lower() in (".binaryproto", ".npy", ".proto") or Path(text).is_file():
         if not Path(text).is_file():
-            raise _error(f"--mean {text}: no such file")
+            raise input_error(f"--mean {text}: no such file")
         return text
     return None
 
@@ -285,7 +277,7 @@ def _resolve_near(path: str, net: str) -> str:
     near = Path(net).parent / path
     if near.is_file():
         return str(near)
-    raise _error(
+    raise input_error(
         f"transform_param.mean_file {path}: no such file (looked in the working directory "
         f"and next to {net})",
         hint="pass --mean FILE.binaryproto or --mean B,G,R",
@@ -299,13 +291,12 @@ def proto_span(layer: Any) -> Any:
 def fed_input(graph: Any) -> Any:
     """The one input blob images are fed into."""
     if not graph.inputs:
-        raise _error("this net has no input blob to feed (no Input or data layer)")
+        raise input_error("this net has no input blob to feed (no Input or data layer)")
     if len(graph.inputs) > 1:
         names = ", ".join(f"'{v.blob}'" for v in graph.inputs)
-        producer = graph.inputs[1].producer
-        raise _error(
+        raise input_error(
             f"this net has {len(graph.inputs)} input blobs ({names}); `protocaffe run` feeds one",
-            producer.span if producer is not None else None,
+            proto_span(graph.inputs[1].producer),
             hint="use the deploy prototxt (a single Input layer), not a train/val net",
         )
     return graph.inputs[0]
@@ -316,11 +307,10 @@ def check_channels(value: Any, sample: Sample) -> None:
     if len(want) != len(got) or (len(want) > 1 and want[1] != got[1]):
         from protocaffe.layers.base import shape_str
 
-        producer = value.producer
-        raise _error(
+        raise input_error(
             f"{sample.path}: gives a {shape_str(got)} blob but input '{value.blob}' is "
             f"{shape_str(want)} ({'channels' if len(want) == len(got) else 'axes'} differ)",
-            producer.span if producer is not None else None,
+            proto_span(value.producer),
         )
 
 
@@ -360,7 +350,7 @@ def run(args: argparse.Namespace) -> int:
     for flag in ("weights", "labels"):
         path = getattr(args, flag)
         if path is not None and not Path(path).is_file():
-            raise _error(f"--{flag} {path}: no such file")
+            raise input_error(f"--{flag} {path}: no such file")
     labels = read_labels(args.labels)
     save_blobs = [b.strip() for b in (args.save_blobs or "").split(",") if b.strip()]
     paths = expand_inputs(args.input)
@@ -379,7 +369,7 @@ def run(args: argparse.Namespace) -> int:
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         why = err.strerror or err
-        raise _error(f"--output {out_dir}: cannot create the directory: {why}") from None
+        raise input_error(f"--output {out_dir}: cannot create the directory: {why}") from None
     writer = Writer(out_dir, labels, args.top_k, interpret, save_blobs)
     checked = {tuple(feed.shape)}
     progress = Progress(len(paths))

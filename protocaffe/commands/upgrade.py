@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
+
+from protocaffe.commands._args import read_input, write_output
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -26,16 +27,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from protocaffe.diagnostics import CompileError, Diagnostic, print_diagnostics
-    from protocaffe.frontend import format_message, parse_text, read_source
+    from protocaffe.diagnostics import print_diagnostics
+    from protocaffe.frontend import format_message, parse_text
     from protocaffe.frontend.upgrade import upgrade_net, upgrade_solver
     from protocaffe.proto import caffe_pb2
 
-    try:
-        source = read_source(args.input)
-    except OSError as err:
-        message = f"cannot read '{args.input}': {err.strerror or err}"
-        raise CompileError([Diagnostic("error", message)]) from None
+    source = read_input(args.input)
     parsed = parse_text(source.text, source.path, source=source)  # net or solver, by its fields
     is_solver = isinstance(parsed.message, caffe_pb2.SolverParameter)
     upgraded, notes = (upgrade_solver if is_solver else upgrade_net)(parsed)
@@ -43,12 +40,8 @@ def run(args: argparse.Namespace) -> int:
     if upgraded is parsed:
         print(f"{source.path}: already in the latest format", file=sys.stderr)
     text = format_message(upgraded.message)
-    if not args.output:
+    if args.output:
+        write_output(args.output, text)
+    else:
         sys.stdout.write(text)
-        return 0
-    try:
-        Path(args.output).write_text(text, encoding="utf-8")
-    except OSError as err:
-        message = f"cannot write '{args.output}': {err.strerror or err}"
-        raise CompileError([Diagnostic("error", message)]) from None
     return 0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import NoReturn
 
@@ -161,31 +162,30 @@ def load_net(path_or_text: str | os.PathLike[str]) -> ParsedFile:
 
     The upgrade's notes are appended to the result's `diagnostics`.
     """
+    from protocaffe.frontend.upgrade import upgrade_net
+
     source = _source(path_or_text)
     try:
         parsed = parse_text(source.text, source.path, "net", source=source)
     except CompileError:
         _reject_solver(source)
         raise
-    try:
-        from protocaffe.frontend.upgrade import upgrade_net
-    except ModuleNotFoundError as err:  # the upgrader is optional while it is being written
-        if err.name != "protocaffe.frontend.upgrade":
-            raise
-        return parsed
-    upgraded, notes = upgrade_net(parsed)
-    if upgraded is not parsed or notes:
-        upgraded.diagnostics = [*parsed.diagnostics, *notes]
-    return upgraded
+    return _upgraded(parsed, upgrade_net)
 
 
 def load_solver(path_or_text: str | os.PathLike[str]) -> ParsedFile:
     """Parse a solver definition (deprecated `solver_type` is upgraded to `type`)."""
-    source = _source(path_or_text)
-    parsed = parse_text(source.text, source.path, "solver", source=source)
     from protocaffe.frontend.upgrade import upgrade_solver
 
-    upgraded, notes = upgrade_solver(parsed)
+    source = _source(path_or_text)
+    return _upgraded(parse_text(source.text, source.path, "solver", source=source), upgrade_solver)
+
+
+def _upgraded(
+    parsed: ParsedFile, upgrade: Callable[[ParsedFile], tuple[ParsedFile, list[Diagnostic]]]
+) -> ParsedFile:
+    """`parsed` after `upgrade`, with the upgrade's notes appended to its diagnostics."""
+    upgraded, notes = upgrade(parsed)
     if upgraded is not parsed or notes:
         upgraded.diagnostics = [*parsed.diagnostics, *notes]
     return upgraded

@@ -173,15 +173,20 @@ def _parser() -> Lark:
     )
 
 
+@cache
+def _lexer() -> _Lexer:
+    """A standalone lexer for the grammar's terminals (the parser holds its own)."""
+    return _Lexer(_parser().lexer_conf)
+
+
 def tokenize(text: str) -> Iterator[Tok]:
     """The token stream of `text` (raises LexError)."""
-    return _Lexer(_parser().lexer_conf).lex(text)
+    return _lexer().lex(text)
 
 
 def count_comments(text: str) -> int:
     """How many `#` comments `text` has (0 for text that does not lex)."""
-    regex = _Lexer(_parser().lexer_conf).regex
-    return sum(1 for m in regex.finditer(text) if m.lastgroup == "COMMENT")
+    return sum(1 for m in _lexer().regex.finditer(text) if m.lastgroup == "COMMENT")
 
 
 def parse_tree(text: str) -> list:
@@ -513,6 +518,7 @@ class _Builder:
                 continue
             name_span = span(name_tok, name_tok)
             whole = span(name_tok, _end_of(value))
+            field_path = (*path, name)
             if not plan.repeated:
                 first = seen.get(name)
                 if first is not None:
@@ -521,25 +527,23 @@ class _Builder:
                         name_span,
                         f"remove one of them (the first is at line {first.line})",
                     )
-                    d.notes.append(f"{self.source.path}:{first.line}:{first.column}: first here")
+                    d.notes.append(f"{span(first, first)}: first here")
                     continue
                 seen[name] = name_tok
-                sub_path = (*path, name)
-                spans[sub_path] = whole
-                names[sub_path] = name_span
+                spans[field_path] = whole
+                names[field_path] = name_span
                 if plan.is_message:
                     if not self.check_message(plan, value):
                         continue
                     sub = getattr(msg, name)
                     sub.SetInParent()
-                    self.fill(sub, value[1], sub_path)
+                    self.fill(sub, value[1], field_path)
                 else:
                     converted = self.convert(plan, value)
                     if converted is not _FAILED:
                         setattr(msg, name, converted)
                 continue
             # Repeated: every element gets its own path; the bare field path names the first.
-            field_path = (*path, name)
             if field_path not in spans:
                 spans[field_path] = whole
                 names[field_path] = name_span
@@ -633,8 +637,6 @@ def _describe(tok: Tok) -> str:
         return "the end of the file"
     if tok.type == "STRING":
         return f"the string {tok.value}"
-    if tok.type in ("NAME", "NUMBER"):
-        return f"'{tok.value}'"
     return f"'{tok.value}'"
 
 
@@ -789,10 +791,10 @@ def _expected_words(expected: set[str], opener: Tok | None) -> str:
 def _lex_error(err: LexError, source: SourceFile) -> Diagnostic:
     text, pos = err.text, err.pos
     char = text[pos]
-    line_end = text.find("\n", pos)
-    line_end = len(text) if line_end < 0 else line_end
     at = Span(source, err.line, err.column, err.line, err.column + 1)
     if char in "\"'":
+        line_end = text.find("\n", pos)
+        line_end = len(text) if line_end < 0 else line_end
         whole = Span(source, err.line, err.column, err.line, err.column + line_end - pos)
         return Diagnostic(
             "error",
@@ -843,25 +845,15 @@ def _syntax_error(err: UnexpectedToken, text: str, source: SourceFile) -> Diagno
     if prev is not None and prev.type == "COLON" and tok.type in ("RBRACE", "RANGLE", "$END"):
         return missing_value(prev, prev2)
     if (
-        tok.type == "COLON"
-        and prev is not None
+        prev is not None
         and prev.type == "NAME"
         and prev2 is not None
         and prev2.type == "COLON"
+        and (tok.type == "COLON" or (tok.type in ("LBRACE", "LANGLE") and prev2.line < prev.line))
     ):
-        name = before[-3] if len(before) > 2 else None
-        return missing_value(prev2, name)
-    if (
-        tok.type in ("LBRACE", "LANGLE")
-        and prev is not None
-        and prev.type == "NAME"
-        and prev2 is not None
-        and prev2.type == "COLON"
-        and prev2.line < prev.line
-    ):
-        # `name:` with its value missing took the next line's block name as the value.
-        name = before[-3] if len(before) > 2 else None
-        return missing_value(prev2, name)
+        # `name:` with its value missing took the next field's name (or the next line's block
+        # name) as the value.
+        return missing_value(prev2, before[-3] if len(before) > 2 else None)
     if end and stack:
         opener = stack[-1]
         return Diagnostic(

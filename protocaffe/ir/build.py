@@ -328,10 +328,9 @@ class _Builder:
     def check_top(self, layer: Layer, j: int, blob: str, seen: set[str]) -> None:
         lp = layer.proto
         span = self.span(*layer.path, "top", j)
-        in_place = j < len(lp.bottom) and lp.bottom[j] == blob
         if blob in seen:
             self.diags.error(f"{layer.type} '{layer.name}' names top '{blob}' twice", span)
-        elif in_place:
+        elif layer.top_in_place(j):
             if layer.spec is not None and not layer.spec.in_place:
                 self.diags.warning(
                     f"{layer.type} '{layer.name}' computes '{blob}' in place, "
@@ -398,17 +397,13 @@ class _Builder:
                 f" (lines {lines})" if lines else ""
             )
             if any(lay.blob_specs for lay in layers[1:]):
-                where = f" (line {first.span.line})" if first.span else ""
                 hint = (
-                    f"weights are matched by name: only the first '{name}'{where} receives "
-                    ".caffemodel weights, as in Caffe; the later ones keep their filler values. "
-                    "Give each layer a unique name"
+                    f"weights are matched by name: only the first '{name}'{self.where(first)} "
+                    "receives .caffemodel weights, as in Caffe; the later ones keep their filler "
+                    "values. Give each layer a unique name"
                 )
             else:
                 hint = "layer names should be unique (weights are matched by name)"
             d = self.diags.warning(message, later.span, hint)
             if first.span is not None:
-                d.notes.append(
-                    f"{first.span.path}:{first.span.line}:{first.span.col}: "
-                    f"the first layer named '{name}'"
-                )
+                d.notes.append(f"{first.span}: the first layer named '{name}'")

@@ -52,6 +52,11 @@ class Layer:
     def in_place(self) -> bool:
         return any(t in self.proto.bottom for t in self.proto.top)
 
+    def top_in_place(self, j: int) -> bool:
+        """Whether top `j` is computed in place: Caffe's rule, it is the bottom at position j."""
+        bottom = self.proto.bottom
+        return j < len(bottom) and bottom[j] == self.proto.top[j]
+
 
 @dataclass(eq=False)
 class Graph:

@@ -61,7 +61,7 @@ def _shape(shape: tuple[int, ...] | None) -> list[int] | None:
 
 def _layer_entry(layer: Layer) -> dict[str, Any]:
     proto = layer.proto
-    in_place = [j < len(proto.bottom) and proto.bottom[j] == t for j, t in enumerate(proto.top)]
+    in_place = [layer.top_in_place(j) for j in range(len(proto.top))]
     activation = sum(
         FLOAT32_BYTES * count(v.shape)
         for v, same in zip(layer.outputs, in_place, strict=True)
@@ -203,23 +203,15 @@ def _crop_line(c: dict[str, Any]) -> str:
 # --- explain -------------------------------------------------------------------------------
 
 
-def find_layer(graph: Graph, name: str) -> Layer | None:
-    """The layer called `name`, or else the producer of the blob called `name`."""
-    for layer in graph.layers:
-        if layer.name == name:
-            return layer
-    try:
-        return graph.blob(name).producer
-    except KeyError:
-        return None
-
-
 def find_layers(graph: Graph, name: str) -> list[Layer]:
     """Every layer called `name` (names may repeat), or else the producer of the blob `name`."""
     found = [layer for layer in graph.layers if layer.name == name]
     if found:
         return found
-    producer = find_layer(graph, name)
+    try:
+        producer = graph.blob(name).producer
+    except KeyError:
+        return []
     return [producer] if producer is not None else []
 
 

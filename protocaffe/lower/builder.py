@@ -12,7 +12,7 @@ import keyword
 import math
 import operator
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from typing import Any
 
 import torch
@@ -335,15 +335,26 @@ def _filled(layer: Layer, spec: BlobSpec, gen: Any, dtype: Any, diags: Diagnosti
 
 def fill_blobs(module: CaffeModule, layer_names: Sequence[str], seed: int | None = None) -> None:
     """(Re-)initialise the named layers' blobs with their fillers, in net order."""
-    gen = torch.Generator().manual_seed(seed) if seed is not None else None
     wanted = set(layer_names)
+    fill_layers(module, [layer for layer in module._layer_attrs if layer.name in wanted], seed)
+
+
+def fill_layers(
+    module: CaffeModule,
+    layers: Sequence[Layer],
+    seed: int | None = None,
+    keep: Collection[int] = (),
+) -> None:
+    """(Re-)initialise `layers`' blobs with their fillers, in the order given, from one
+    generator seeded by `seed`; blobs whose storage (`data_ptr()`) is in `keep` are left."""
+    gen = torch.Generator().manual_seed(seed) if seed is not None else None
     diags = Diagnostics()
     with torch.no_grad():
-        for layer in module._layer_attrs:
-            if layer.name not in wanted:
-                continue
+        for layer in layers:
             for spec in layer.blob_specs:
                 target = module.blob_tensor(layer, spec.name)
+                if target.data_ptr() in keep:
+                    continue
                 data = _filled(layer, spec, gen, target.dtype, diags)
                 if data is not None:
                     target.copy_(data)

@@ -28,7 +28,9 @@ def compile_net(
     level: int | None = None,
     input_shapes: Mapping[str, Sequence[int]] | None = None,
 ) -> Any:
-    """Parse, upgrade, filter and shape-check a net: its Graph, or CompileError."""
+    """Parse, upgrade, filter and shape-check a net: its Graph, or CompileError.
+
+    `prototxt` is always a path (as a Path, never taken for prototxt text)."""
     from protocaffe.frontend import load_net
     from protocaffe.ir.build import build_graph
 

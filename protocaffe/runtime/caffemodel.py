@@ -419,25 +419,9 @@ def _fill_shadowed(module: Any, layers: list[Any], loaded: list[Any], seed: int 
     with a layer that did get weights."""
     if not layers:
         return
-    import torch
+    from protocaffe.lower.builder import fill_layers
 
-    from protocaffe.lower import fillers
-
-    taken = {t.data_ptr() for t in loaded}
-    gen = torch.Generator().manual_seed(seed) if seed is not None else None
-    diags = Diagnostics()
-    for layer in layers:
-        for spec in layer.blob_specs:
-            target = module.blob_tensor(layer, spec.name)
-            if target.data_ptr() in taken:
-                continue
-            try:
-                data = fillers.fill(spec.filler, spec.shape, generator=gen, dtype=target.dtype)
-            except fillers.FillerError as err:
-                diags.error(f"{layer.type} '{layer.name}' blob '{spec.name}': {err}", layer.span)
-                continue
-            target.copy_(data.reshape(target.shape))
-    diags.check()
+    fill_layers(module, layers, seed, keep={t.data_ptr() for t in loaded})
 
 
 def _check_layer(
@@ -496,6 +480,11 @@ def _len_field(number: int, payload_len: int) -> bytes:
     return _key(number, _LEN) + _uvarint(payload_len)
 
 
+def _nbytes(parts: Sequence[Any]) -> int:
+    """The length of pieces (bytes and memoryviews) written one after another."""
+    return sum(len(p) if isinstance(p, bytes) else p.nbytes for p in parts)
+
+
 def _blob_parts(data: Any, shape: Sequence[int]) -> list[Any]:
     """The pieces of one BlobProto field (data then shape, protobuf's field order)."""
     raw = memoryview(data).cast("B")
@@ -504,7 +493,7 @@ def _blob_parts(data: Any, shape: Sequence[int]) -> list[Any]:
         dims = b"".join(_uvarint(d) for d in shape)
         dim_field = _len_field(1, len(dims)) + dims
         parts += [_len_field(_BLOB_SHAPE, len(dim_field)), dim_field]
-    size = sum(len(p) if isinstance(p, bytes) else p.nbytes for p in parts)
+    size = _nbytes(parts)
     return [_len_field(_LAYER_BLOBS, size), *parts]
 
 
@@ -592,7 +581,7 @@ def save_caffemodel(
             for spec, array in zip(layer.blob_specs, arrays, strict=True):
                 parts += _blob_parts(_float32_array(array), spec.shape)
             parts.append(tail)
-            size = sum(len(p) if isinstance(p, bytes) else p.nbytes for p in parts)
+            size = _nbytes(parts)
             f.write(_len_field(_NET_LAYER, size))
             for part in parts:
                 f.write(part)
