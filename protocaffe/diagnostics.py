@@ -76,6 +76,11 @@ class CompileError(Exception):
         return "\n".join(render(d) for d in self.diagnostics)
 
 
+def input_error(message: str, span: Span | None = None, hint: str | None = None) -> CompileError:
+    """A bad input (exit 1): one error diagnostic, to raise."""
+    return CompileError([Diagnostic("error", message, span, hint)])
+
+
 class Diagnostics:
     """A collector: stages append as they go and call `check()` at a stage boundary."""
 

@@ -7,7 +7,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from protocaffe.diagnostics import CompileError, Diagnostic
+from protocaffe.diagnostics import CompileError, input_error
 
 if TYPE_CHECKING:
     from protocaffe.diagnostics import SourceFile
@@ -65,11 +65,6 @@ def add_runtime_args(p: argparse.ArgumentParser) -> None:
         help="torch.compile the module (on CPU with inductor freezing)",
     )
     p.add_argument("--seed", type=int, default=0, help="seed for fillers and random inputs (0)")
-
-
-def input_error(message: str, span: Any = None, hint: str | None = None) -> CompileError:
-    """A bad input (exit 1): one error diagnostic, to raise."""
-    return CompileError([Diagnostic("error", message, span, hint)])
 
 
 def write_error(path: Any, why: Any) -> CompileError:

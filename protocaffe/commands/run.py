@@ -16,8 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from protocaffe.commands._args import add_runtime_args, input_error, int_at_least
-from protocaffe.diagnostics import CompileError, Diagnostic
+from protocaffe.commands._args import add_runtime_args, int_at_least
+from protocaffe.diagnostics import CompileError, Diagnostic, input_error
 
 if TYPE_CHECKING:
     from protocaffe.runtime.preprocess import Preprocess, Sample

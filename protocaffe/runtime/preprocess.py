@@ -13,14 +13,10 @@ from pathlib import Path
 
 import numpy as np
 
-from protocaffe.diagnostics import CompileError, Diagnostic
+from protocaffe.diagnostics import input_error
 
 LUMA = (0.299, 0.587, 0.114)  # ITU-R 601-2, as PIL's RGB -> L conversion
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp"}
-
-
-def input_error(message: str, hint: str | None = None) -> CompileError:
-    return CompileError([Diagnostic("error", message, None, hint)])
 
 
 @dataclass
