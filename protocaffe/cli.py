@@ -10,11 +10,16 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
+import pkgutil
 import sys
 
+import protocaffe.commands
 from protocaffe.diagnostics import CompileError, print_diagnostics
 
-COMMANDS = ("compile", "run", "bench", "upgrade", "fmt", "convert")
+# Every public module under protocaffe/commands/ is a subcommand: adding one touches no list.
+COMMANDS = tuple(
+    sorted(m.name for m in pkgutil.iter_modules(protocaffe.commands.__path__) if m.name[0] != "_")
+)
 
 EXIT_OK, EXIT_INPUT, EXIT_USAGE = 0, 1, 2
 
