@@ -28,19 +28,26 @@ class UsageError(Exception):
     """Bad command-line usage discovered after argument parsing (exit 2)."""
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
+    """The parser; when `argv` names a command, only that command's module is imported
+    (the others get bare entries), so one command never pays for another's imports."""
     parser = argparse.ArgumentParser(
         prog="protocaffe",
         description="Caffe prototxt compiler and runtime: check, shape-infer and run Caffe nets.",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    chosen = next((a for a in argv or () if not a.startswith("-")), None)
     for name in COMMANDS:
-        importlib.import_module(f"protocaffe.commands.{name}").add_parser(sub)
+        if chosen in COMMANDS and name != chosen:
+            sub.add_parser(name)
+        else:
+            importlib.import_module(f"protocaffe.commands.{name}").add_parser(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else argv
+    parser = build_parser(argv)
     args = parser.parse_args(argv)  # argparse itself exits 2 on usage errors
     try:
         return int(args.func(args) or 0)
