@@ -32,6 +32,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="keep filler values for layers the weights lack; skip layers the net lacks",
     )
     p.add_argument("--seed", type=int, help="seed for filler-initialised blobs")
+    p.add_argument(
+        "--fold-bn",
+        action="store_true",
+        help="fold BatchNorm (+ Scale) into the Convolution/InnerProduct before it",
+    )
     p.set_defaults(func=run)
 
 
@@ -62,6 +67,7 @@ def run(args: argparse.Namespace) -> int:
         phase=args.phase,
         seed=args.seed,
         allow_missing=args.allow_missing,
+        fold_bn=args.fold_bn,
     )
     try:
         _write(module, out, safetensors)
@@ -71,7 +77,12 @@ def run(args: argparse.Namespace) -> int:
         if type(err).__name__ != "SafetensorError":
             raise
         raise write_error(out, str(err)) from None
-    print(f"wrote {out} ({len(module.state_dict())} tensors)")
+    folded = len(getattr(module, "folded_layers", ()))
+    print(
+        f"wrote {out} ({len(module.state_dict())} tensors"
+        + (f"; {folded} BatchNorm/Scale layers folded" if args.fold_bn else "")
+        + ")"
+    )
     return 0
 
 

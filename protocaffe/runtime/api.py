@@ -83,6 +83,9 @@ def load(
     outputs: Sequence[str] | None = None,
     seed: int | None = None,
     allow_missing: bool = False,
+    fold_bn: bool = False,
+    allow_oversize: bool = False,
+    max_variants: int = 8,
 ) -> Any:
     """A Caffe net as a CaffeModule (an nn.Module; in eval() mode for TEST).
 
@@ -90,19 +93,29 @@ def load(
     fillers, seeded by `seed`. With `allow_missing`, layers the weights file lacks keep
     their filler values and layers the net lacks are skipped (see `module.weights_report`).
     `outputs` names extra blobs to return. `compile=True` applies torch.compile in place.
+    `fold_bn=True` folds TEST-time BatchNorm (+ Scale) into the Convolution/InnerProduct
+    before it (see `protocaffe.lower.fold_bn`); `module.folded_layers` lists what went.
+
+    Before allocating, the plan (parameters and activations at the input shapes and dtype)
+    is compared with the device's free memory: ResourceError when it does not fit, unless
+    `allow_oversize`. Floating inputs are cast to the module's dtype and device; calling with
+    new input shapes re-plans the net (keeping the `max_variants` most recently used plans).
     """
     import warnings
 
     from protocaffe.lower.builder import fill_blobs, lower_graph
     from protocaffe.runtime.caffemodel import load_caffemodel
+    from protocaffe.runtime.guards import check_fits
 
     graph = compile_net(
         prototxt, phase=phase, stages=stages, level=level, input_shapes=input_shapes
     )
+    device, dtype = resolve_device(device), resolve_dtype(dtype)
+    check_fits(graph, device, dtype, allow_oversize=allow_oversize)
     module = lower_graph(
         graph,
-        device=resolve_device(device),
-        dtype=resolve_dtype(dtype),
+        device=device,
+        dtype=dtype,
         seed=seed,
         outputs=outputs,
         init=weights is None,
@@ -115,6 +128,14 @@ def load(
         for d in report.diagnostics:
             warnings.warn(d.render(), stacklevel=2)
         module.weights_report = report
+    if fold_bn:
+        from protocaffe.lower.fold_bn import fold_batch_norm
+
+        report = module.weights_report
+        module = fold_batch_norm(module)
+        module.weights_report = report
+    module.allow_oversize = allow_oversize
+    module.max_variants = max_variants
     if channels_last:
         import torch
 
