@@ -130,8 +130,8 @@ def test_fmt_prints_canonical_text(tmp_path: Path, capsys: pytest.CaptureFixture
     path.write_text("name:'n' layer{name:'a' type:'ReLU'}  # note\n")
     assert main(["fmt", str(path)]) == 0
     captured = capsys.readouterr()
-    assert captured.out == 'name: "n"\nlayer {\n  name: "a"\n  type: "ReLU"\n}\n'
-    assert "comment" in captured.err
+    assert captured.out == 'name: "n"\nlayer {\n  name: "a"\n  type: "ReLU"\n}  # note\n'
+    assert captured.err == ""
 
 
 def test_fmt_check_and_output(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

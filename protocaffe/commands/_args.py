@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -28,9 +29,19 @@ def int_at_least(minimum: int) -> Callable[[str], int]:
     return parse
 
 
-def add_input_shapes(p: argparse.ArgumentParser, help: str) -> None:
-    """`--input NAME=N,C,H,W`, repeatable; parse with `parse_input_shapes`."""
-    p.add_argument("--input", action="append", default=[], metavar="NAME=N,C,H,W", help=help)
+def add_input_shapes(p: argparse.ArgumentParser, help: str, *aliases: str) -> None:
+    """`--shape NAME=N,C,H,W` (every command's name for it, which diagnostics' hints use;
+    `aliases` keep older spellings), repeatable, into `args.shape`; parse with
+    `parse_input_shapes`."""
+    p.add_argument(
+        "--shape",
+        *aliases,
+        dest="shape",
+        action="append",
+        default=[],
+        metavar="NAME=N,C,H,W",
+        help=help,
+    )
 
 
 def parse_input_shapes(specs: list[str]) -> dict[str, tuple[int, ...]]:
@@ -45,9 +56,9 @@ def parse_input_shapes(specs: list[str]) -> dict[str, tuple[int, ...]]:
         except ValueError:
             shape = ()
         if not sep or not name or not shape or any(d <= 0 for d in shape):
-            raise UsageError(f"--input expects NAME=N,C,H,W with positive sizes, not {spec!r}")
+            raise UsageError(f"--shape expects NAME=N,C,H,W with positive sizes, not {spec!r}")
         if name in shapes:
-            raise UsageError(f"--input gives blob '{name}' twice")
+            raise UsageError(f"--shape gives blob '{name}' twice")
         shapes[name] = shape
     return shapes
 
@@ -64,15 +75,75 @@ def add_runtime_args(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="torch.compile the module (on CPU with inductor freezing)",
     )
-    p.add_argument("--seed", type=int, default=0, help="seed for fillers and random inputs (0)")
+    p.add_argument(
+        "--seed", type=seed_value, default=0, help="seed for fillers and random inputs (0)"
+    )
+    add_force(p)
+
+
+def add_force(p: argparse.ArgumentParser) -> None:
+    """`--force`: run a net whose plan exceeds the device's free memory (runtime.guards)."""
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="run even when the net's memory plan exceeds the device's free memory",
+    )
+
+
+# torch.manual_seed takes any value that fits in 64 bits.
+SEED_RANGE = (-(2**63), 2**64 - 1)
+
+
+def seed_value(text: str) -> int:
+    """An argparse type: a random seed (an integer that fits in 64 bits)."""
+    lo, hi = SEED_RANGE
+    try:
+        value = int(text) if len(text) <= 30 else None
+    except ValueError:
+        value = None
+    if value is None or not lo <= value <= hi:
+        shown = text if len(text) <= 30 else f"{text[:20]}... ({len(text)} characters)"
+        raise argparse.ArgumentTypeError(f"expected an integer from {lo} to {hi}, got {shown!r}")
+    return value
+
+
+def add_net_arg(
+    p: argparse.ArgumentParser,
+    dest: str = "net",
+    metavar: str = "NET",
+    help: str = "the .prototxt net definition ('-': read it from standard input)",
+) -> None:
+    """The positional prototxt argument; '-' reads standard input (frontend.read_source)."""
+    p.add_argument(dest, metavar=metavar, help=help)
 
 
 def write_error(path: Any, why: Any) -> CompileError:
     return input_error(f"cannot write '{path}': {why}")
 
 
+def check_output_path(path: str | Path, flag: str | None = None) -> Path:
+    """Fail before any work (exit 1) when `path` cannot be written as a file: its folder is
+    missing or is not a folder, or it names a folder or a file we may not write."""
+    out = Path(path)
+    what = f"{flag} {path}" if flag else f"'{path}'"
+    parent = out.parent if str(out.parent) else Path(".")
+    if out.is_dir():
+        raise input_error(f"cannot write {what}: it is a directory", hint="give a file name")
+    if not parent.exists():
+        raise input_error(
+            f"cannot write {what}: the directory '{parent}' does not exist",
+            hint=f"create it first (mkdir -p {parent})",
+        )
+    if not parent.is_dir():
+        raise input_error(f"cannot write {what}: '{parent}' is not a directory")
+    if (out.exists() and not os.access(out, os.W_OK)) or not os.access(parent, os.W_OK | os.X_OK):
+        raise input_error(f"cannot write {what}: permission denied")
+    return out
+
+
 def read_input(path: str) -> SourceFile:
-    """The prototxt at `path`; an unreadable file is a bad input (exit 1), as in `compile`."""
+    """The prototxt at `path` ('-': standard input); an unreadable file is a bad input (exit
+    1), as in `compile`."""
     from protocaffe.frontend import read_source
 
     try:
@@ -83,6 +154,7 @@ def read_input(path: str) -> SourceFile:
 
 def write_output(path: str, text: str) -> None:
     """Write `text` to `path` as UTF-8; a failure is a bad input (exit 1)."""
+    check_output_path(path)
     try:
         Path(path).write_text(text, encoding="utf-8")
     except OSError as err:

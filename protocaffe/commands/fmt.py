@@ -1,8 +1,10 @@
-"""`protocaffe fmt FILE [-o OUT] [--check]`: print a net or solver prototxt canonically.
+"""`protocaffe fmt FILE [-o OUT | --in-place] [--check]`: print a net or solver canonically.
 
 Canonical means 2-space indent, one value per line, `name`/`type`/`bottom`/`top` first in each
-layer and the rest in caffe.proto order, shortest round-trip floats. Comments are dropped (a
-warning says so). `--check` prints nothing and exits 1 when FILE is not already canonical.
+layer and the rest in caffe.proto order, shortest round-trip floats; comments are kept next to
+the field or block they were written by. `--check` prints nothing and exits 1 when FILE is not
+already canonical. Values run into the next field name (`num_output: 21bias_term: false`) are
+read with a warning and written apart.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from protocaffe.commands._args import read_input, write_output
+from protocaffe.commands._args import add_net_arg, check_output_path, read_input, write_output
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -18,11 +20,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "fmt",
         help="print a prototxt in canonical form",
         description="Parse a Caffe net or solver prototxt, check it against caffe.proto and "
-        "print it canonically (comments are not kept).",
+        "print it canonically, keeping its comments.",
     )
-    parser.add_argument("file", metavar="FILE", help="the .prototxt to format")
-    parser.add_argument("-o", "--output", metavar="OUT", help="write here instead of stdout")
-    parser.add_argument(
+    add_net_arg(parser, "file", "FILE", "the .prototxt to format ('-': standard input)")
+    out = parser.add_mutually_exclusive_group()
+    out.add_argument("-o", "--output", metavar="OUT", help="write here instead of stdout")
+    out.add_argument("-i", "--in-place", action="store_true", help="rewrite FILE itself")
+    out.add_argument(
         "--check",
         action="store_true",
         help="write nothing; exit 1 if FILE is not already canonical",
@@ -33,27 +37,30 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from protocaffe.cli import UsageError
     from protocaffe.diagnostics import Diagnostic, print_diagnostics
-    from protocaffe.frontend import format_message, parse_text
-    from protocaffe.frontend.textformat import count_comments
+    from protocaffe.frontend import parse_text
+    from protocaffe.frontend.printer import format_parsed
 
-    if args.check and args.output:
-        raise UsageError("--check writes nothing; drop -o")
+    target = args.file if args.in_place else args.output
+    if args.in_place and args.file == "-":
+        raise UsageError("--in-place needs a file, not standard input")
+    if target:
+        check_output_path(target)
     source = read_input(args.file)
     parsed = parse_text(source.text, source.path, source=source)
     print_diagnostics(parsed.diagnostics)
-    out = format_message(parsed.message)
+    out, unplaced = format_parsed(parsed)
     if args.check:
         if out != source.text:
             print(f"{args.file}: not canonical (run `protocaffe fmt {args.file}`)", file=sys.stderr)
             return 1
         return 0
-    comments = count_comments(source.text)
-    if comments:
+    if unplaced:
         print_diagnostics(
-            [Diagnostic("warning", f"{source.path}: {comments} comment(s) dropped by fmt")]
+            [Diagnostic("warning", f"{source.path}: {unplaced} comment(s) dropped by fmt")]
         )
-    if args.output:
-        write_output(args.output, out)
+    if target:
+        if not (args.in_place and out == source.text):
+            write_output(target, out)
     else:
         sys.stdout.write(out)
     return 0

@@ -3,18 +3,26 @@
 Fields print in field-number order, except that `name`, `type`, `bottom` and `top` (a net's
 inputs, a solver's nets) come first, which is how people write and read them. Floats print as the
 shortest decimal that reads back to the same float32 (0.0001, not 9.99999974738e-05).
-Parsing the output gives back an equal message.
+Parsing the output gives back an equal message. Comments, when given, are written next to the
+field they were attached to (frontend/comments.py).
 """
 
 from __future__ import annotations
 
 import math
 import struct
+from typing import TYPE_CHECKING
 
 from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
 
-__all__ = ["format_float32", "format_message", "quote"]
+from protocaffe.frontend.comments import Comments, attach_comments
+from protocaffe.frontend.sourcemap import FieldPath
+
+if TYPE_CHECKING:
+    from protocaffe.frontend.textformat import ParsedFile
+
+__all__ = ["format_float32", "format_message", "format_parsed", "quote"]
 
 _FIRST = {
     "NetParameter": ("name", "input", "input_shape", "input_dim"),
@@ -88,24 +96,62 @@ def _ordered(msg: Message) -> list[tuple[FieldDescriptor, object]]:
     return sorted(fields, key=lambda item: (rank.get(item[0].name, len(first)), item[0].number))
 
 
-def _write(msg: Message, depth: int, out: list[str]) -> None:
-    pad = _INDENT * depth
-    for fd, value in _ordered(msg):
-        values = value if fd.is_repeated else (value,)
-        for v in values:
-            if fd.type == FieldDescriptor.TYPE_MESSAGE:
-                if v.ListFields():  # type: ignore[attr-defined]
-                    out.append(f"{pad}{fd.name} {{\n")
-                    _write(v, depth + 1, out)  # type: ignore[arg-type]
-                    out.append(f"{pad}}}\n")
-                else:
-                    out.append(f"{pad}{fd.name} {{}}\n")
-            else:
-                out.append(f"{pad}{fd.name}: {_scalar(fd, v)}\n")
+class _Writer:
+    """Prints a message, with the comments attached to its paths (see frontend/comments.py)."""
+
+    def __init__(self, comments: Comments | None):
+        self.comments = comments or Comments()
+        self.out: list[str] = []
+        self.written = 0  # comments written
+
+    def line(self, text: str, comment: str | None = None) -> None:
+        if comment is not None:
+            text += f"  {comment}"
+            self.written += 1
+        self.out.append(text + "\n")
+
+    def block_comments(self, lines: list[str] | None, pad: str) -> None:
+        for text in lines or ():
+            self.line(pad + text)
+            self.written += 1
+
+    def write(self, msg: Message, depth: int, path: FieldPath) -> None:
+        pad = _INDENT * depth
+        c = self.comments
+        for fd, value in _ordered(msg):
+            values = value if fd.is_repeated else (value,)
+            for i, v in enumerate(values):
+                sub = (*path, fd.name, i) if fd.is_repeated else (*path, fd.name)
+                self.block_comments(c.before.get(sub), pad)
+                if fd.type != FieldDescriptor.TYPE_MESSAGE:
+                    self.line(f"{pad}{fd.name}: {_scalar(fd, v)}", c.after.get(sub))
+                    continue
+                opening, inner = c.opening.get(sub), c.closing.get(sub)
+                if not v.ListFields() and opening is None and not inner:  # type: ignore[attr-defined]
+                    self.line(f"{pad}{fd.name} {{}}", c.after.get(sub))
+                    continue
+                self.line(f"{pad}{fd.name} {{", opening)
+                self.write(v, depth + 1, sub)  # type: ignore[arg-type]
+                self.block_comments(inner, pad + _INDENT)
+                self.line(f"{pad}}}", c.after.get(sub))
 
 
-def format_message(msg: Message) -> str:
-    """`msg` as canonical prototxt text (ends with a newline unless empty)."""
-    out: list[str] = []
-    _write(msg, 0, out)
-    return "".join(out)
+def format_message(msg: Message, comments: Comments | None = None) -> str:
+    """`msg` as canonical prototxt text (ends with a newline unless empty), with `comments`
+    (from `attach_comments`) where they belong."""
+    return _format(msg, comments)[0]
+
+
+def format_parsed(parsed: ParsedFile) -> tuple[str, int]:
+    """A parsed file printed canonically with its comments, and how many comments found no
+    place (0 unless the message no longer matches its text, e.g. after an upgrade)."""
+    comments = attach_comments(parsed.message, parsed.source_map, parsed.source)
+    text, written = _format(parsed.message, comments)
+    return text, comments.total - written
+
+
+def _format(msg: Message, comments: Comments | None) -> tuple[str, int]:
+    writer = _Writer(comments)
+    writer.write(msg, 0, ())
+    writer.block_comments(writer.comments.closing.get(()), "")
+    return "".join(writer.out), writer.written

@@ -12,6 +12,7 @@ from __future__ import annotations
 import re
 import warnings
 from collections.abc import Callable, Iterator
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from functools import cache
 from importlib import resources
@@ -35,6 +36,7 @@ from protocaffe.diagnostics import (
     suggestion_hint,
 )
 from protocaffe.frontend.sourcemap import FieldPath, SourceMap
+from protocaffe.proto import dialects, schema
 
 __all__ = ["ParsedFile", "message_class", "parse_text"]
 
@@ -119,7 +121,103 @@ class _Lexer(Lexer):
             start = m.start()
             if kind == "_BAD":
                 raise LexError(text, start, line, start - line_start + 1)
-            yield Tok(kind, m.group(), start, line, start - line_start + 1)  # type: ignore[arg-type]
+            value = m.group()
+            column = start - line_start + 1
+            fusable = kind == "NUMBER" or value.startswith(_BOOL_WORDS)
+            if fusable and _field_follows(text, m.end()):
+                fused = fused_value(value, line, column)
+                if fused is not None:
+                    at = fused.cut
+                    yield Tok(kind, value[:at], start, line, column)  # type: ignore[arg-type]
+                    yield Tok("NAME", value[at:], start + at, line, column + at)
+                    continue
+            yield Tok(kind, value, start, line, column)  # type: ignore[arg-type]
+
+
+# ---------------------------------------------------------------------------------------------
+# Values run into the next field name (`num_output: 21bias_term: false`, as pasted from web
+# pages that lost their newlines). Neither Caffe nor text_format reads these. The lexer splits
+# such a token where a number or true/false ends and a field name that caffe.proto knows begins
+# (parse_text warns), so the file still parses, and `protocaffe fmt` writes it out fixed.
+
+_BOOL_WORDS = ("true", "false", "True", "False")
+_FIELD_NAME = re.compile(r"[a-zA-Z_][0-9a-zA-Z_]*")
+_NUMBER_PREFIX = re.compile(r"[+\-]?(?:[0-9]|\.[0-9])[0-9a-fA-FxX.+\-]*")
+_WS = re.compile(r"\s*")
+
+
+@dataclass(frozen=True)
+class FusedValue:
+    """A token read as a value run into a field name: where it is and where it splits."""
+
+    text: str
+    line: int
+    column: int
+    cut: int  # where the field name begins
+    known: tuple[int, ...]  # every offset where a field name caffe.proto knows begins
+
+    @property
+    def shown(self) -> str:
+        return f"{self.text[: self.cut]} {self.text[self.cut :]}"
+
+
+# The fused tokens lexed while parse_text runs, by position (the recovering parser lexes a
+# part of the file more than once).
+_fused_seen: ContextVar[dict[tuple[int, int], FusedValue] | None] = ContextVar(
+    "fused_seen", default=None
+)
+
+
+def _field_follows(text: str, end: int) -> bool:
+    """Whether ':' or a block follows offset `end` (then the token before was a field name)."""
+    after = _WS.match(text, end).end()  # type: ignore[union-attr]
+    return text[after : after + 1] in (":", "{", "<")
+
+
+@cache
+def _known_field_names() -> frozenset[str]:
+    names: set[str] = set()
+    todo = list(_caffe_pb2().DESCRIPTOR.message_types_by_name.values())
+    while todo:
+        d = todo.pop()
+        names.update(d.fields_by_name)
+        todo.extend(d.nested_types)
+    return frozenset(names)
+
+
+def _is_value(text: str) -> bool:
+    """Whether `text` reads as a whole number or float (text_format's rules) or true/false."""
+    if text in _BOOL_WORDS:
+        return True
+    if not _NUMBER_PREFIX.fullmatch(text):
+        return False
+    for parse in (parse_int, parse_float):
+        try:
+            parse(text)
+            return True
+        except BadValue:
+            pass
+    return False
+
+
+def fused_value(value: str, line: int, column: int) -> FusedValue | None:
+    """How a token written where a field name belongs splits into a value and a field name
+    (None: it does not). Without a known field name there, it splits after the longest value,
+    and the schema check reports the unknown name."""
+    names = _known_field_names()
+    if value in names:
+        return None
+    cuts = [
+        i for i in range(1, len(value)) if _FIELD_NAME.fullmatch(value, i) and _is_value(value[:i])
+    ]
+    if not cuts:
+        return None
+    known = tuple(i for i in cuts if value[i:] in names)
+    fused = FusedValue(value, line, column, known[0] if known else cuts[-1], known)
+    seen = _fused_seen.get()
+    if seen is not None:
+        seen.setdefault((line, column), fused)
+    return fused
 
 
 # Tree shapes produced by the parser callbacks:
@@ -184,9 +282,20 @@ def tokenize(text: str) -> Iterator[Tok]:
     return _lexer().lex(text)
 
 
-def count_comments(text: str) -> int:
-    """How many `#` comments `text` has (0 for text that does not lex)."""
-    return sum(1 for m in _lexer().regex.finditer(text) if m.lastgroup == "COMMENT")
+def comment_tokens(text: str) -> Iterator[Tok]:
+    """The `#` comments of `text`, as COMMENT tokens (none after a character that does not lex)."""
+    line, line_start = 1, 0
+    for m in _lexer().regex.finditer(text):
+        kind = m.lastgroup
+        if kind == "_BAD":
+            return
+        if kind == "COMMENT":
+            yield Tok("COMMENT", m.group(), m.start(), line, m.start() - line_start + 1)
+        elif kind == "WS" or kind == "STRING":
+            newlines = m.group().count("\n")
+            if newlines:
+                line += newlines
+                line_start = m.start() + m.group().rindex("\n") + 1
 
 
 def parse_tree(text: str) -> list:
@@ -374,8 +483,9 @@ def _enum_converter(fd: FieldDescriptor) -> Callable[[Any], int]:
             if number in numbers:
                 return number
         hint = suggestion_hint(text, names)
-        if text in FORK_ENUM_VALUES:
-            hint = f"{text} is from {FORK_ENUM_VALUES[text]}; it is not in BVLC caffe.proto"
+        fork = dialects.origin_of_v1_type(text)
+        if fork is not None:
+            hint = f"{text} is from {fork[1]}; it is not in BVLC caffe.proto"
         raise BadValue(f"'{text}' is not a {enum.name} value ({valid})", hint)
 
     return convert
@@ -430,10 +540,15 @@ def _converter(fd: FieldDescriptor) -> Callable[[Any], Any]:
     raise TypeError(f"unsupported field type {t} for {fd.full_name}")  # groups: not in Caffe
 
 
-@cache
 def plan_for(descriptor: Descriptor) -> dict[str, FieldPlan]:
+    """The plans of `descriptor`'s fields, fork fields declared for it included."""
+    return _plans(descriptor, schema.generation())
+
+
+@cache
+def _plans(descriptor: Descriptor, _generation: int) -> dict[str, FieldPlan]:
     plans = {}
-    for fd in descriptor.fields:
+    for fd in schema.fields_by_name(descriptor).values():
         is_message = fd.type == FieldDescriptor.TYPE_MESSAGE
         plans[fd.name] = FieldPlan(
             fd.name,
@@ -643,58 +758,6 @@ def _describe(tok: Tok) -> str:
 # ---------------------------------------------------------------------------------------------
 # Hints for unknown fields
 
-# Fields that Caffe forks added to their caffe.proto (not in BVLC's): name -> where from.
-FORK_FIELDS = {
-    "bn_param": "the BN layer of the SegNet and PSPNet (yjxiong/hszhao) Caffe forks",
-    "interp_param": "the Interp layer of the DeepLab and PSPNet Caffe forks",
-    "upsample_param": "the Upsample layer of the SegNet Caffe fork",
-    "dense_image_data_param": "the DenseImageData layer of the SegNet Caffe fork",
-    "sample_weights_test": "the Bayesian SegNet Caffe fork (Monte Carlo dropout)",
-    "permute_param": "the SSD Caffe fork (weiliu89/caffe, branch ssd)",
-    "prior_box_param": "the SSD Caffe fork (weiliu89/caffe, branch ssd)",
-    "detection_output_param": "the SSD Caffe fork (weiliu89/caffe, branch ssd)",
-    "detection_evaluate_param": "the SSD Caffe fork (weiliu89/caffe, branch ssd)",
-    "multibox_loss_param": "the SSD Caffe fork (weiliu89/caffe, branch ssd)",
-    "normalize_param": "the SSD Caffe fork (weiliu89/caffe, branch ssd)",
-    "annotated_data_param": "the SSD Caffe fork (weiliu89/caffe, branch ssd)",
-    "video_data_param": "the SSD Caffe fork (weiliu89/caffe, branch ssd)",
-    "resize_param": "the SSD Caffe fork's TransformationParameter",
-    "distort_param": "the SSD Caffe fork's TransformationParameter",
-    "expand_param": "the SSD Caffe fork's TransformationParameter",
-    "emit_constraint": "the SSD Caffe fork's TransformationParameter",
-    "noise_param": "the SSD Caffe fork's TransformationParameter",
-    "eval_type": "the SSD Caffe fork's SolverParameter",
-    "ap_version": "the SSD Caffe fork's SolverParameter",
-    "show_per_class_result": "the SSD Caffe fork's SolverParameter",
-    "roi_pooling_param": "the py-faster-rcnn Caffe fork (ROIPooling layer)",
-    "smooth_l1_loss_param": "the py-faster-rcnn Caffe fork (SmoothL1Loss layer)",
-    "proposal_param": "the PVANet Caffe fork (sanghoon/caffe, C++ Proposal layer)",
-    "hole": "the DeepLab-v1 Caffe fork; BVLC Caffe calls it 'dilation'",
-    "hole_h": "the DeepLab-v1 Caffe fork; BVLC Caffe calls it 'dilation'",
-    "hole_w": "the DeepLab-v1 Caffe fork; BVLC Caffe calls it 'dilation'",
-    "strict_dim": "the DeepLab-v1 Caffe fork",
-    "image_seg_data_param": "the DeepLab Caffe fork (ImageSegData layer)",
-    "mat_write_param": "the DeepLab Caffe fork (MatWrite layer)",
-    "seg_accuracy_param": "the DeepLab Caffe fork (SegAccuracy layer)",
-    "norm_param": "the SSD Caffe fork (Normalize layer)",
-    "image_data_modify_param": "the colorization Caffe fork (ImageDataModify layer)",
-    "reorg_param": "YOLO Caffe forks (Reorg layer)",
-    "region_param": "YOLO Caffe forks (Region layer)",
-    "shuffle_channel_param": "ShuffleNet Caffe forks (ShuffleChannel layer)",
-}
-
-# V1 `type:` enum values that only forks define.
-FORK_ENUM_VALUES = {
-    "IMAGE_SEG_DATA": "the DeepLab-v1 Caffe fork",
-    "INTERP": "the DeepLab-v1 Caffe fork",
-    "MAT_WRITE": "the DeepLab-v1 Caffe fork",
-    "PADDING": "the DeepLab-v1 Caffe fork",
-    "SEG_ACCURACY": "the DeepLab-v1 Caffe fork",
-    "UNIQUE_LABEL": "the DeepLab-v1 Caffe fork",
-    "CROP": "the FCN-era 'future' Caffe branch (auto-offset Crop; BVLC has Crop only in V2 "
-    'format: type: "Crop")',
-}
-
 _CAMEL = re.compile(r"(?<=[a-z0-9])(?=[A-Z])")
 
 
@@ -721,8 +784,9 @@ def unknown_field_hint(
     `value` (the tree value written for the field) keeps a block from being sent to a scalar
     field of the same name (python_param.layer is a string; `layer { layer { ... } } }` is V0).
     """
-    if name in FORK_FIELDS:
-        return f"'{name}' is from {FORK_FIELDS[name]}; it is not in BVLC caffe.proto"
+    fork = dialects.origin_of_field(descriptor.name, name)
+    if fork is not None:
+        return f"'{name}' is from {fork}; protocaffe does not implement it"
     is_block = value.__class__ is tuple and value[0] is MSG
     if descriptor.name == "LayerParameter" and name == "layer" and is_block:
         return (
@@ -949,11 +1013,16 @@ def parse_text(
     """
     source = source or SourceFile(path, text)
     cls = message_class(message_type) if message_type is not None else None
+    fused: dict[tuple[int, int], FusedValue] = {}
+    reset = _fused_seen.set(fused)
     try:
         tree = parse_tree(text)
         syntax: list[Diagnostic] = []
     except (LexError, UnexpectedInput):  # the slow path: recover, then check the good parts
         tree, syntax = parse_tree_recovering(text, source, cls)
+    finally:
+        _fused_seen.reset(reset)
+    syntax[:0] = [_fused_diagnostic(f, source, i == 0) for i, f in enumerate(fused.values())]
     if cls is None:
         cls = detect_message_type(tree)
     msg = cls()
@@ -963,12 +1032,34 @@ def parse_text(
     except RecursionError:
         span = Span(source, 1, 1, 1, 1)
         raise CompileError([Diagnostic("error", "messages are nested too deeply", span)]) from None
-    if syntax:
-        found = [*syntax, *builder.diags]
+    found = [*syntax, *builder.diags]
+    if len(found) > len(builder.diags):
         found.sort(key=lambda d: (d.span.line, d.span.col) if d.span else (1 << 62, 0))
+    if any(d.severity == "error" for d in found):
         raise CompileError(found)
-    builder.diags.check()
-    return ParsedFile(msg, builder.source_map, source, list(builder.diags))
+    return ParsedFile(msg, builder.source_map, source, found)
+
+
+def _fused_diagnostic(fused: FusedValue, source: SourceFile, first: bool) -> Diagnostic:
+    text = fused.text
+    span = Span(source, fused.line, fused.column, fused.line, fused.column + len(text))
+    if len(fused.known) > 1:
+        ways = " or ".join(f"'{text[:i]} {text[i:]}'" for i in fused.known)
+        return Diagnostic(
+            "error",
+            f"'{text}' runs a value into a field name, and it splits more than one way: {ways}",
+            span,
+            "put a space between the value and the field name you mean",
+        )
+    return Diagnostic(
+        "warning",
+        f"'{text}' runs a value into the next field name; read as '{fused.shown}'",
+        span,
+        f"put a space or a newline after the value; `protocaffe fmt --in-place {source.path}` "
+        "writes the fixed file"
+        if first
+        else None,
+    )
 
 
 # ---------------------------------------------------------------------------------------------
