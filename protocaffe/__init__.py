@@ -28,6 +28,9 @@ _EXPORTS = {
     "parse_text": "protocaffe.frontend",
     "CompileError": "protocaffe.diagnostics",
     "Diagnostic": "protocaffe.diagnostics",
+    "Solver": "protocaffe.train.solver",
+    "InputShapeError": "protocaffe.runtime.guards",
+    "ResourceError": "protocaffe.runtime.guards",
 }
 
 __all__ = ["__version__", *_EXPORTS]
