@@ -91,7 +91,7 @@ def test_data_layer_label_is_batch_and_data_needs_override():
         'data_param { source: "db" batch_size: 64 backend: LMDB } }'
     )
     d = error(text)
-    assert "--input data=64,C,24,24" in d.message and "label" not in d.message.split("pass")[1]
+    assert "--shape data=64,C,24,24" in d.message and "label" not in d.message.split("pass")[1]
     got = shapes(text, {"data": (64, 1, 24, 24)})
     assert got["data"] == (64, 1, 24, 24) and got["label"] == (64,)
 
@@ -102,13 +102,13 @@ def test_window_and_hdf5_data_need_overrides():
         "transform_param { crop_size: 227 } "
         'window_data_param { source: "w.txt" batch_size: 128 } }'
     )
-    assert "--input data=128,C,227,227" in error(text).message
+    assert "--shape data=128,C,227,227" in error(text).message
     text = (
         'layer { name: "h" type: "HDF5Data" top: "data" top: "label" hdf5_data_param '
         '{ source: "f" batch_size: 10 } }'
     )
     d = error(text)
-    assert "--input data=10,..." in d.message and "--input label=10,..." in d.message
+    assert "--shape data=10,..." in d.message and "--shape label=10,..." in d.message
     got = shapes(text, {"data": (10, 4), "label": (10,)})
     assert got == {"data": (10, 4), "label": (10,)}
 
@@ -121,7 +121,7 @@ def test_python_layer_error_lists_each_top():
     d = error(text)
     assert d.message == (
         "Python 'data': output shapes of voc_layers.VOCSegDataLayer are set at run time; "
-        "pass --input data=N,C,H,W --input label=N,C,H,W"
+        "pass --shape data=N,C,H,W --shape label=N,C,H,W"
     )
     got = shapes(text, {"data": (1, 3, 500, 500), "label": (1, 1, 500, 500)})
     assert got["label"] == (1, 1, 500, 500)
@@ -145,7 +145,7 @@ def test_python_layer_error_points_at_python_param():
             "input_param { shape { dim: 1 } shape { dim: 2 } } }",
             "2 shapes for 3 tops",
         ),
-        ('layer { name: "in" type: "Input" top: "a" }', "--input a=N,C,H,W"),
+        ('layer { name: "in" type: "Input" top: "a" }', "--shape a=N,C,H,W"),
         (
             'layer { name: "d" type: "ImageData" top: "data" top: "label" '
             'image_data_param { source: "l" new_height: 3 } }',
@@ -154,7 +154,7 @@ def test_python_layer_error_points_at_python_param():
         (
             'layer { name: "d" type: "ImageData" top: "data" top: "label" '
             'image_data_param { source: "l" batch_size: 8 } }',
-            "--input data=8,3,H,W",
+            "--shape data=8,3,H,W",
         ),
         (
             'layer { name: "d" type: "MemoryData" top: "data" top: "label" '

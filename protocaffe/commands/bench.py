@@ -26,7 +26,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("net", metavar="NET", help="the .prototxt net definition")
     add_input_shapes(
-        p, "input blob shape (repeatable), e.g. data=1,3,500,500; default: the net's own"
+        p, "input blob shape (repeatable), e.g. data=1,3,500,500; default: the net's own", "--input"
     )
     p.add_argument(
         "--iterations", type=int_at_least(1), default=10, metavar="N", help="timed runs (10)"
@@ -46,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
     from protocaffe.commands.run import load_model, to_input
     from protocaffe.runtime.timing import activation_peak_bytes, blob_bytes, layer_times, time_calls
 
-    shapes = parse_input_shapes(args.input)
+    shapes = parse_input_shapes(args.shape)
     model = load_model(args, weights=None, input_shapes=shapes or None, quiet_fillers=True)
     module, device, dtype = model.module, model.device, model.dtype
     gen = torch.Generator().manual_seed(args.seed)

@@ -24,7 +24,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         description=DESCRIPTION,
     )
     p.add_argument("net", metavar="NET", help="the .prototxt net definition")
-    add_input_shapes(p, "override an input blob's shape (repeatable), e.g. data=1,3,500,500")
+    add_input_shapes(
+        p, "override an input blob's shape (repeatable), e.g. data=1,3,500,500", "--input"
+    )
     p.add_argument("--phase", type=str.upper, choices=("TRAIN", "TEST"), help="default: TEST")
     p.add_argument("--stage", action="append", default=[], help="add a NetState stage (repeatable)")
     p.add_argument("--level", type=int, help="NetState level (default: the net's, else 0)")
@@ -49,8 +51,9 @@ def run(args: argparse.Namespace) -> int:
         render_table,
     )
     from protocaffe.runtime.api import compile_net
+    from protocaffe.runtime.guards import plan_warning
 
-    shapes = parse_input_shapes(args.input)
+    shapes = parse_input_shapes(args.shape)
     try:
         # An unreadable file is a CompileError ("cannot read ...", exit 1).
         graph = compile_net(
@@ -62,6 +65,9 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps(failure_report(args.net, err.diagnostics), indent=2))
         print_diagnostics(err.diagnostics)
         return 1
+    oversize = plan_warning(graph)  # run/bench/convert would refuse this plan here
+    if oversize is not None:
+        graph.diagnostics.append(oversize)
 
     explained: list[str] = []
     if args.explain:

@@ -16,8 +16,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from protocaffe.commands._args import add_runtime_args, int_at_least
-from protocaffe.diagnostics import CompileError, Diagnostic, input_error
+from protocaffe.commands._args import (
+    add_input_shapes,
+    add_runtime_args,
+    check_input_path,
+    int_at_least,
+    parse_input_shapes,
+)
+from protocaffe.diagnostics import CompileError, input_error
 
 if TYPE_CHECKING:
     from protocaffe.runtime.preprocess import Preprocess, Sample
@@ -45,6 +51,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         required=True,
         metavar="IMG|DIR|NPY",
         help="image files, directories of them, or .npy blobs (CxHxW or NxCxHxW)",
+    )
+    add_input_shapes(
+        p, "the net's input blob shape (repeatable), for nets that do not fix it: data=1,3,H,W"
     )
     p.add_argument("--output", default=DEFAULT_OUTPUT, metavar="DIR", help=f"(./{DEFAULT_OUTPUT})")
     p.add_argument(
@@ -120,6 +129,7 @@ def load_model(
             outputs=list(outputs),
             seed=args.seed,
             allow_missing=getattr(args, "allow_missing", False),
+            allow_oversize=args.force,
         )
     report = module.weights_report
     print_diagnostics(
@@ -141,50 +151,36 @@ def _resize_hint(graph: Any) -> str:
 
 
 def check_resizable(module: Any, shapes: dict[str, tuple[int, ...]], path: Any = None) -> None:
-    """Fail clearly when new input shapes would change a layer's stored blobs (an
-    InnerProduct after the spatial axes): the loaded weights fix the net's input size.
-    A size the net cannot take at all (a pooling window larger than its input) gets the
-    same hint."""
-    from protocaffe.layers.base import shape_str
+    """Fail clearly when the net cannot take new input shapes (an InnerProduct after the
+    spatial axes whose loaded weights fix the size, a pooling window larger than its input):
+    the module's InputShapeError, its hint naming --resize."""
+    from protocaffe.lower.builder import declared_shapes_hint
+    from protocaffe.runtime.guards import InputShapeError
 
-    old = module.caffe_graph
-    given = ", ".join(f"{k} {shape_str(v)}" for k, v in shapes.items())
     try:
-        variant = module.reshaped([shapes[n] for n in module.input_names])
-    except CompileError as err:
-        where = f"{path}: " if path is not None else ""
-        err.diagnostics.append(
-            Diagnostic(
-                "note",
-                f"{where}the net does not take input {given}",
-                None,
-                _resize_hint(old),
-            )
-        )
+        module.reshaped([shapes[n] for n in module.input_names])
+    except InputShapeError as err:
+        generic = declared_shapes_hint(module.caffe_graph)
+        for d in err.diagnostics:
+            if d.hint == generic:
+                d.hint = _resize_hint(module.caffe_graph)
+                if path is not None and d.span is None:
+                    d.message = f"{path}: {d.message}"
         raise
-    for layer, was in zip(variant.caffe_graph.layers, old.layers, strict=True):
-        now = [s.shape for s in layer.blob_specs]
-        before = [s.shape for s in was.blob_specs]
-        if now != before:
-            raise input_error(
-                f"{layer.type} '{layer.name}': its weights fix the net's input size; input "
-                f"{given} would need blobs {' '.join(shape_str(s) for s in now)}, the loaded "
-                f"ones are {' '.join(shape_str(s) for s in before)}",
-                layer.span,
-                hint=_resize_hint(old),
-            )
 
 
 def fit_fixed_size(module: Any, feed: Any, prep: Preprocess) -> None:
     """Resize images to the declared input size when the weights fix it (an InnerProduct
     after the spatial axes), as Caffe's classification example resizes to the input geometry.
     --resize and transform_param.crop_size take precedence; .npy inputs are never resized."""
+    from protocaffe.runtime.guards import InputShapeError
+
     if prep.resize is not None or prep.crop_size or len(feed.shape) != 4:
         return
     n, c, h, w = feed.shape
     try:
         check_resizable(module, {feed.blob: (n, c, h + 32, w + 32)})
-    except CompileError:
+    except InputShapeError:
         prep.resize = (h, w)
         print(
             f"note: the net's weights fix input '{feed.blob}' at {h}x{w}; images are resized "
@@ -349,13 +345,14 @@ def run(args: argparse.Namespace) -> int:
 
     for flag in ("weights", "labels"):
         path = getattr(args, flag)
-        if path is not None and not Path(path).is_file():
-            raise input_error(f"--{flag} {path}: no such file")
+        if path is not None:
+            check_input_path(path, f"--{flag}")
     labels = read_labels(args.labels)
     save_blobs = [b.strip() for b in (args.save_blobs or "").split(",") if b.strip()]
     paths = expand_inputs(args.input)
     wanted = [args.output_blob] if args.output_blob else []
-    model = load_model(args, args.weights, outputs=[*wanted, *save_blobs])
+    shapes = parse_input_shapes(args.shape) or None
+    model = load_model(args, args.weights, input_shapes=shapes, outputs=[*wanted, *save_blobs])
     graph = model.module.caffe_graph
     feed = fed_input(graph)
     prep = preprocess_for(graph, args)

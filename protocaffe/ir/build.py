@@ -16,33 +16,8 @@ from protocaffe.diagnostics import CompileError, Diagnostic, Diagnostics, Span, 
 from protocaffe.ir.graph import Graph, Layer, Value
 from protocaffe.ir.state import layer_included, net_state
 from protocaffe.layers.base import REGISTRY, Arity, Shape, ShapeContext, lookup, shape_str
-
-# Types that exist only in Caffe forks, with where they come from, for the unknown-type note.
-FORK_TYPES = {
-    "Interp": "the DeepLab/PSPNet forks (bilinear resize)",
-    "BN": "the SegNet/PSPNet forks (BVLC Caffe uses BatchNorm followed by Scale)",
-    "Upsample": "the SegNet fork (max-unpooling with pooling masks)",
-    "DenseImageData": "the SegNet fork",
-    "PriorBox": "the SSD fork (weiliu89/caffe)",
-    "DetectionOutput": "the SSD fork (weiliu89/caffe)",
-    "Permute": "the SSD fork (weiliu89/caffe)",
-    "Normalize": "the SSD fork (weiliu89/caffe)",
-    "MultiBoxLoss": "the SSD fork (weiliu89/caffe)",
-    "AnnotatedData": "the SSD fork (weiliu89/caffe)",
-    "ROIPooling": "the Fast/Faster R-CNN fork (rbgirshick/caffe-fast-rcnn)",
-    "SmoothL1Loss": "the Fast/Faster R-CNN fork (rbgirshick/caffe-fast-rcnn)",
-    "Proposal": "the PVANet fork (sanghoon/caffe)",
-    "ImageLabelmapData": "the HED fork (s9xie/hed)",
-    "ImageDataModify": "a colorization fork",
-    "SoftmaxCrossEntropyLoss": "the colorization fork (richzhang/caffe)",
-    "ImageSegData": "the DeepLab fork",
-    "MatWrite": "the DeepLab fork",
-    "SegAccuracy": "the DeepLab fork",
-    "ConvolutionDepthwise": "MobileNet forks (BVLC Caffe uses Convolution with group)",
-    "DepthwiseConvolution": "MobileNet forks (BVLC Caffe uses Convolution with group)",
-    "ShuffleChannel": "ShuffleNet forks",
-    "Axpy": "the SENet fork",
-}
+from protocaffe.proto.dialects import origin_of_type
+from protocaffe.proto.schema import choose_dialect
 
 
 def build_graph(
@@ -51,19 +26,30 @@ def build_graph(
     stages: Iterable[str] = (),
     level: int | None = None,
     input_shapes: Mapping[str, Shape] | None = None,
+    dialect: str | None = None,
 ) -> Graph:
     """The graph of `parsed` (a frontend ParsedFile) for one NetState, with shapes.
 
     `phase`/`level` default to the net's `state` field (else TEST / 0); `stages` add to its
-    stages. `input_shapes` overrides input blob shapes by top name (--input). Raises
+    stages. `input_shapes` overrides input blob shapes by top name (--shape). Raises
     CompileError carrying every error (and the warnings) when anything is wrong; otherwise
-    warnings and notes are left on `graph.diagnostics`.
+    warnings and notes are left on `graph.diagnostics`. `dialect` (--dialect) decides what
+    names shared by Caffe forks mean; by default the file's evidence does (a note says which).
     """
     net = parsed.message
     state = net_state(net, phase, stages, level)
     graph = Graph(net=net, source_map=parsed.source_map, phase=state.phase, state=state)
+    graph.dialect = choose_dialect(net, dialect)
     builder = _Builder(graph, dict(input_shapes or {}))
     builder.diags.extend(getattr(parsed, "diagnostics", ()))
+    if graph.dialect.name is not None:
+        builder.diags.append(
+            Diagnostic(
+                "note",
+                f"fork constructs are read as the '{graph.dialect.name}' dialect "
+                f"({graph.dialect.reason}); --dialect chooses another",
+            )
+        )
     builder.run()
 
     from protocaffe.ir.coordmap import analyze
@@ -89,6 +75,7 @@ def rebuild_graph(graph: Graph, input_shapes: Mapping[str, Shape]) -> Graph:
         stages=sorted(state.stages),
         level=state.level,
         input_shapes=input_shapes,
+        dialect=graph.dialect.name if graph.dialect else None,
     )
 
 
@@ -203,6 +190,7 @@ class _Builder:
         if spec is not None and spec.is_loss and len(lp.top) < spec.tops[0]:
             lp = self.with_auto_tops(lp, spec.tops[0])
         layer = Layer(lp.name, lp.type, lp, path, self.span(*path, "name"), spec)
+        layer.dialect = self.graph.dialect.name
         self.graph.layers.append(layer)
         ok = spec is not None
         if spec is None:
@@ -244,7 +232,7 @@ class _Builder:
             if bad is not None:
                 ctx.fail(
                     f"top shape {shape_str(bad)} has a non-positive size",
-                    hint="the input is too small for this net; give a larger one with --input",
+                    hint="the input is too small for this net; give a larger one with --shape",
                 )
             layer.blob_specs = list(spec.blobs(ctx))
             layer.macs = int(spec.macs(ctx, tops))
@@ -268,11 +256,9 @@ class _Builder:
         diag = self.diags.error(
             f"unknown layer type '{layer.type}' (layer '{layer.name}')", span, hint
         )
-        fork = FORK_TYPES.get(layer.type)
+        fork = origin_of_type(layer.type)
         if fork:
-            diag.notes.append(
-                f"'{layer.type}' comes from {fork}; protocaffe implements BVLC Caffe's layer types"
-            )
+            diag.notes.append(f"'{layer.type}' comes from {fork}; protocaffe does not implement it")
         if not self.listed_types:
             self.listed_types = True
             names = sorted(REGISTRY)
@@ -374,7 +360,7 @@ class _Builder:
                 listed = ", ".join(names) if names else "none"
                 hint = suggestion_hint(name, names)
                 self.diags.error(
-                    f"--input names '{name}', which is not an input blob of this net "
+                    f"--shape names '{name}', which is not an input blob of this net "
                     f"(inputs: {listed})",
                     None,
                     hint,

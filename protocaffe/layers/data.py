@@ -4,9 +4,9 @@ Input and the database/file readers (Data, ImageData, HDF5Data, MemoryData, Wind
 Python) are `is_input`: their tops become the lowered module's inputs, so only their shapes
 matter here. Caffe decides many of those shapes from the data itself (the first record of a
 database, the first image, an HDF5 dataset, a Python layer's reshape()). We never read data
-at compile time: what the prototxt fixes is used, `--input name=N,C,H,W` (ctx.overrides, by
+at compile time: what the prototxt fixes is used, `--shape name=N,C,H,W` (ctx.overrides, by
 top name) supplies or replaces the rest, and a shape that is still unknown is an error that
-says which `--input` to pass, with the known dims filled in. An override always wins, even
+says which `--shape` to pass, with the known dims filled in. An override always wins, even
 with another number of axes. Label tops of the readers are [batch_size], as in Caffe.
 
 DummyData is not an input: it lowers to tensors made by its fillers on every forward pass
@@ -23,7 +23,7 @@ from protocaffe.layers.base import LayerDef, LowerContext, Shape, ShapeContext, 
 if TYPE_CHECKING:
     from torch import fx
 
-# What a top's shape is before overrides: a known Shape, or a template for the --input hint
+# What a top's shape is before overrides: a known Shape, or a template for the --shape hint
 # with the known dims filled in ("64,C,227,227").
 Guess = Shape | str
 
@@ -42,7 +42,7 @@ def resolve(ctx: ShapeContext, guesses: list[Guess], why: str, *field: str | int
         elif isinstance(guess, tuple):
             out.append(guess)
         else:
-            missing.append(f"--input {top}={guess}")
+            missing.append(f"--shape {top}={guess}")
     if missing:
         ctx.fail(
             f"{why}; pass {' '.join(missing)}",
@@ -59,7 +59,7 @@ def _positive(value: int, ctx: ShapeContext, what: str, *field: str | int) -> in
 
 
 def _overridden(ctx: ShapeContext) -> bool:
-    """Every top has a --input shape, so the prototxt's own sizes do not matter."""
+    """Every top has a --shape shape, so the prototxt's own sizes do not matter."""
     return all(t in ctx.overrides for t in ctx.layer.tops)
 
 
@@ -80,7 +80,7 @@ class Input(_Input):
         if len(given) not in (0, 1, len(tops)):
             ctx.fail(
                 f"{len(given)} shapes for {len(tops)} tops; give one shape for all tops, "
-                "one per top, or none (and pass --input)",
+                "one per top, or none (and pass --shape)",
                 "shape",
             )
         guesses: list[Guess] = [

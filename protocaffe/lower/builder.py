@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import fx
 
-from protocaffe.diagnostics import CompileError, Diagnostics, suggestion_hint
+from protocaffe.diagnostics import CompileError, Diagnostic, Diagnostics, suggestion_hint
 from protocaffe.ir.graph import Graph, Layer, Value
 from protocaffe.layers.base import BlobSpec, LowerContext, shape_str
 from protocaffe.lower import fillers
@@ -78,6 +78,22 @@ _VIEW_METHODS = {
     "float",
 }
 
+_REDUCED = (torch.float16, torch.bfloat16)
+
+
+def local_response_norm(x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+    """F.local_response_norm, computed in float32 (and cast back) for a half or bfloat16 CPU
+    tensor: PyTorch has no such CPU kernel for the avg_pool3d it runs."""
+    if x.device.type == "cpu" and x.dtype in _REDUCED:
+        return torch.nn.functional.local_response_norm(x.float(), *args, **kwargs).to(x.dtype)
+    return torch.nn.functional.local_response_norm(x, *args, **kwargs)
+
+
+# Lowerings call the PyTorch function; the graph gets the stand-in that also runs on CPU.
+_CPU_FLOAT32_STANDINS: dict[Any, Callable[..., Any]] = {
+    torch.nn.functional.local_response_norm: local_response_norm,
+}
+
 _IDENT = re.compile(r"[^0-9a-zA-Z_]+")
 
 
@@ -107,6 +123,7 @@ class _Context(LowerContext):
         self.graph = builder.fx_graph
 
     def call(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> fx.Node:
+        fn = _CPU_FLOAT32_STANDINS.get(fn, fn)
         node = self.graph.call_function(fn, args, kwargs)
         node.meta["caffe_layer"] = self.layer.name
         return node
@@ -412,11 +429,43 @@ def assemble(
     return module
 
 
-def reshape_module(module: CaffeModule, input_shapes: dict[str, tuple[int, ...]]) -> CaffeModule:
-    """`module`'s net re-compiled for other input shapes, running on the same blobs."""
-    from protocaffe.ir.build import rebuild_graph
+def declared_shapes_hint(graph: Graph) -> str:
+    """The hint of an InputShapeError: the input shapes the net was compiled for."""
+    declared = ", ".join(f"{v.blob} {shape_str(v.shape)}" for v in graph.inputs)
+    return f"the net was defined for {declared}"
 
-    graph = rebuild_graph(module.caffe_graph, input_shapes)
+
+def reshape_module(module: CaffeModule, input_shapes: dict[str, tuple[int, ...]]) -> CaffeModule:
+    """`module`'s net re-compiled for other input shapes, running on the same blobs.
+
+    InputShapeError when the net cannot take them: the shape rules fail, or a layer would
+    need stored blobs of other shapes (an InnerProduct after the spatial axes)."""
+    from protocaffe.ir.build import rebuild_graph
+    from protocaffe.runtime.guards import InputShapeError
+
+    old = module.caffe_graph
+    given = ", ".join(f"{k} {shape_str(v)}" for k, v in input_shapes.items())
+    hint = declared_shapes_hint(old)
+    try:
+        graph = rebuild_graph(old, input_shapes)
+    except CompileError as err:
+        note = f"the net does not take input {given}"
+        raise InputShapeError([*err.diagnostics, Diagnostic("note", note, None, hint)]) from None
+    for layer, was in zip(graph.layers, old.layers, strict=True):
+        now, before = [s.shape for s in layer.blob_specs], [s.shape for s in was.blob_specs]
+        if now != before:
+            raise InputShapeError(
+                [
+                    Diagnostic(
+                        "error",
+                        f"{layer.type} '{layer.name}': its weights fix the net's input size; "
+                        f"input {given} would need blobs {' '.join(map(shape_str, now))}, the "
+                        f"loaded ones are {' '.join(map(shape_str, before))}",
+                        layer.span,
+                        hint,
+                    )
+                ]
+            )
     # Same net, same NetState: the layers line up one to one (names may repeat, positions not).
     new_of = dict(zip(module.caffe_graph.layers, graph.layers, strict=True))
     attrs = {new_of[old]: attr for old, attr in module._layer_attrs.items()}

@@ -7,7 +7,12 @@ keyword arguments: `model(x)`, `model(data=x)`, `model({"data": x})`.
 The fx code is specialised to the input shapes the net was compiled for (Crop sizes, Reshape
 targets and the pooling path depend on them). Calling the module with other input shapes does
 what Caffe's Net::Reshape does: the net is re-compiled for those shapes (cached per shape) and
-runs on the same parameters, so an FCN takes any image size.
+runs on the same parameters, so an FCN takes any image size. The `max_variants` most recently
+used variants are kept (least recently used dropped first), so a server fed many sizes stays
+bounded; a size the net cannot take raises `InputShapeError` (a CompileError and a ValueError)
+carrying the located diagnostic, and one whose activations would not fit the device raises
+`ResourceError` (unless `allow_oversize`). Floating inputs are cast to the module's dtype and
+moved to its device, so a bfloat16 module takes the float32 tensors a float32 one takes.
 
 Each layer with stored blobs is a child module named after the layer (sanitised to an
 identifier; `caffe_names` maps the Caffe name to the attribute), holding its blobs under their
@@ -16,6 +21,7 @@ BlobSpec names (`conv1.weight`, `conv1.bias`, ...).
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -45,6 +51,8 @@ class CaffeModule(fx.GraphModule):
     caffe_names: dict[str, str]  # Caffe layer name -> child module attribute
     input_names: list[str]  # Caffe blob names of the inputs, in net order
     output_names: list[str]  # keys of the returned dict
+    max_variants: int = 8  # re-specialised variants kept (LRU); 0 keeps none
+    allow_oversize: bool = False  # skip the memory guard for new input shapes
 
     def __call__(self, blobs: Any = None, /, **named: Any) -> dict[str, Any]:
         inputs = self._gather_inputs(blobs, named)
@@ -69,12 +77,28 @@ class CaffeModule(fx.GraphModule):
         key = tuple(tuple(int(d) for d in s) for s in shapes)
         if key == self.input_shapes:
             return self
-        variants = self.__dict__.setdefault("_variants", {})
-        if key not in variants:
-            from protocaffe.lower.builder import reshape_module
+        variants: OrderedDict = self.__dict__.setdefault("_variants", OrderedDict())
+        variant = variants.get(key)
+        if variant is not None:
+            variants.move_to_end(key)
+            return variant
+        from protocaffe.lower.builder import reshape_module
+        from protocaffe.runtime.guards import check_fits
 
-            variants[key] = reshape_module(self, dict(zip(self.input_names, key, strict=True)))
-        return variants[key]
+        variant = reshape_module(self, dict(zip(self.input_names, key, strict=True)))
+        ref = self._reference_tensor()
+        if ref is not None:  # the parameters exist already: only activations are new
+            check_fits(
+                variant.caffe_graph,
+                ref.device,
+                ref.dtype,
+                params=False,
+                allow_oversize=self.allow_oversize,
+            )
+        variants[key] = variant
+        while len(variants) > max(int(self.max_variants), 0):
+            variants.popitem(last=False)
+        return variant
 
     def compile(self, *args: Any, **kwargs: Any) -> None:
         """torch.compile in place. Without arguments, an inference (eval) module on the CPU
@@ -87,8 +111,13 @@ class CaffeModule(fx.GraphModule):
         super().compile(*args, **kwargs)
 
     def _on_cpu(self) -> bool:
-        tensor = next(iter(self.parameters()), None)
+        tensor = self._reference_tensor()
         return tensor is None or tensor.device.type == "cpu"
+
+    def _reference_tensor(self) -> torch.Tensor | None:
+        """A floating stored blob: its device and dtype are the module's."""
+        blobs = [*self.parameters(), *self.buffers()]
+        return next((t for t in blobs if t.is_floating_point()), None)
 
     def _apply(self, fn: Any, recurse: bool = True) -> Any:
         # Moving or casting may replace buffers; re-specialised variants are rebuilt lazily.
@@ -118,13 +147,14 @@ class CaffeModule(fx.GraphModule):
         return {n: self._as_tensor(given[n]) for n in self.input_names}
 
     def _as_tensor(self, x: Any) -> Any:
-        if isinstance(x, torch.Tensor):
+        """A tensor on the module's device; floating values in the module's dtype."""
+        ref = self._reference_tensor()
+        x = torch.as_tensor(x)
+        if ref is None:
             return x
-        ref = next(iter(self.parameters()), None)
-        x = torch.as_tensor(x, device=ref.device if ref is not None else None)
-        if ref is not None and x.is_floating_point():
-            x = x.to(ref.dtype)
-        return x
+        if x.is_floating_point() and x.dtype != ref.dtype:
+            return x.to(device=ref.device, dtype=ref.dtype)
+        return x.to(ref.device)
 
     def layer_module(self, caffe_name: str) -> LayerBlobs:
         """The child module holding Caffe layer `caffe_name`'s blobs."""
