@@ -150,7 +150,7 @@ def _read_h5(path: str) -> SolverStateData:
     with h5py.File(path, "r") as f:
         learned = f["learned_net"][()]
         learned = learned.decode() if isinstance(learned, bytes) else str(learned)
-        group = f["history"] if "history" in f else {}
+        group = f.get("history", {})
         history = [np.asarray(group[str(i)], dtype=np.float32) for i in range(len(group))]
         step = int(np.asarray(f["current_step"]).reshape(-1)[0]) if "current_step" in f else 0
         return SolverStateData(int(np.asarray(f["iter"]).reshape(-1)[0]), learned, step, history)

@@ -355,9 +355,9 @@ class Solver:
         start_iter = self.iter
         self.step(self.param.max_iter - self.iter)
         p = self.param
-        if p.snapshot_after_train and (not p.snapshot or self.iter % p.snapshot != 0):
-            if self.root:
-                self.snapshot()
+        due = not p.snapshot or self.iter % p.snapshot != 0
+        if p.snapshot_after_train and due and self.root:
+            self.snapshot()
         if self.requested_early_exit:
             self.reporter.line("Optimization stopped early.")
             return
