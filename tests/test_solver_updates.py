@@ -88,7 +88,7 @@ def run_oracle(kind, p, w, b, feed, iters, bias_lr=2.0, bias_decay=0.0):
 
 
 def solver_text(kind, p):
-    lines = [f'net: "net.prototxt"', f'type: "{kind}"', "max_iter: 100", "random_seed: 7"]
+    lines = ['net: "net.prototxt"', f'type: "{kind}"', "max_iter: 100", "random_seed: 7"]
     lines.append(f'lr_policy: "{p.get("lr_policy", "fixed")}"')
     for key, value in p.items():
         if key != "lr_policy":
@@ -159,7 +159,7 @@ def test_lr_mult_zero_blob_keeps_its_value_but_adam_history_sees_decay(tmp_path,
     solver = make_solver(tmp_path, solver_text("Adam", p), net, feed=feed)
     w0, b0 = blob(solver, "ip", 0), blob(solver, "ip", 1)
     solver.step(3)
-    (w, b), hist = run_oracle("Adam", p, w0, b0, feed, 3, bias_lr=0, bias_decay=1)
+    (w, _), hist = run_oracle("Adam", p, w0, b0, feed, 3, bias_lr=0, bias_decay=1)
     np.testing.assert_array_equal(blob(solver, "ip", 1), b0)
     np.testing.assert_allclose(blob(solver, "ip", 0), w, rtol=2e-5, atol=2e-6)
     m_bias = solver.rule.history[1].numpy()
