@@ -3,9 +3,18 @@
 from __future__ import annotations
 
 import argparse
+import sys
+import warnings
 from pathlib import Path
 
-from protocaffe.commands._args import write_error
+from protocaffe.commands._args import (
+    add_dialect,
+    add_force,
+    check_input_path,
+    check_output_path,
+    seed_value,
+    write_error,
+)
 
 DESCRIPTION = """\
 Load NET with its weights (or filler-initialised blobs when --weights is omitted) and write
@@ -31,12 +40,16 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         action="store_true",
         help="keep filler values for layers the weights lack; skip layers the net lacks",
     )
-    p.add_argument("--seed", type=int, help="seed for filler-initialised blobs")
+    p.add_argument(
+        "--seed", type=seed_value, default=0, help="seed for filler-initialised blobs (0)"
+    )
+    add_force(p)
     p.add_argument(
         "--fold-bn",
         action="store_true",
         help="fold BatchNorm (+ Scale) into the Convolution/InnerProduct before it",
     )
+    add_dialect(p)
     p.set_defaults(func=run)
 
 
@@ -55,20 +68,33 @@ def run(args: argparse.Namespace) -> int:
                 "writing .safetensors needs the safetensors package (pip install safetensors)"
             ) from None
 
-    if not out.parent.is_dir():  # fail before loading (a large net takes a while)
-        raise write_error(out, "no such directory")
+    check_output_path(out, "-o")  # fail before loading (a large net takes a while)
+    if args.weights is not None:
+        check_input_path(args.weights, "--weights")
 
+    from protocaffe.commands.run import report_load
     from protocaffe.runtime.api import load
 
-    module = load(
-        args.net,
-        args.weights,
-        device="cpu",
-        phase=args.phase,
-        seed=args.seed,
-        allow_missing=args.allow_missing,
-        fold_bn=args.fold_bn,
-    )
+    if args.weights is None:  # as `run` says it: the output is not a trained net
+        print(
+            f"warning: no --weights: writing Caffe fillers (seed {args.seed}); "
+            "the weights are not trained",
+            file=sys.stderr,
+        )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the weights report's are printed below, located
+        module = load(
+            args.net,
+            args.weights,
+            device="cpu",
+            phase=args.phase,
+            seed=args.seed,
+            allow_missing=args.allow_missing,
+            fold_bn=args.fold_bn,
+            allow_oversize=args.force,
+            dialect=args.dialect,
+        )
+    report_load(module)
     try:
         _write(module, out, safetensors)
     except (OSError, RuntimeError) as err:  # torch and safetensors raise their own types

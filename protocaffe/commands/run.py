@@ -103,7 +103,6 @@ def load_model(
     import warnings
 
     from protocaffe.cli import UsageError
-    from protocaffe.diagnostics import print_diagnostics
     from protocaffe.runtime.api import load, resolve_device, resolve_dtype
 
     try:
@@ -130,15 +129,24 @@ def load_model(
             seed=args.seed,
             allow_missing=getattr(args, "allow_missing", False),
             allow_oversize=args.force,
+            dialect=args.dialect,
         )
+    report_load(module)
+    if args.compile:
+        module.compile()
+    return Model(module, device, dtype, args.channels_last)
+
+
+def report_load(module: Any) -> None:
+    """Print the net's warnings and the weights report's, located (load() itself sends the
+    latter through `warnings`, which callers here silence)."""
+    from protocaffe.diagnostics import print_diagnostics
+
     report = module.weights_report
     print_diagnostics(
         [d for d in module.caffe_graph.diagnostics if d.severity != "note"]
         + (report.diagnostics if report is not None else [])
     )
-    if args.compile:
-        module.compile()
-    return Model(module, device, dtype, args.channels_last)
 
 
 def _resize_hint(graph: Any) -> str:

@@ -27,16 +27,29 @@ def compile_net(
     stages: Iterable[str] = (),
     level: int | None = None,
     input_shapes: Mapping[str, Sequence[int]] | None = None,
+    dialect: str | None = None,
+    follow_solver: bool = False,
+    plugins: Iterable[str] = (),
 ) -> Any:
     """Parse, upgrade, filter and shape-check a net: its Graph, or CompileError.
+    `follow_solver`: a solver stands for its training net (else it is an error).
+    `dialect` reads fork layers as that Caffe fork does (default: the file's evidence).
+    `plugins` are modules (or .py paths) that declare user layers (protocaffe.plugins).
 
     `prototxt` is always a path (as a Path, never taken for prototxt text)."""
     from protocaffe.frontend import load_net
     from protocaffe.ir.build import build_graph
+    from protocaffe.plugins import load_plugins
 
+    load_plugins(plugins)
     shapes = {k: tuple(v) for k, v in (input_shapes or {}).items()}
     return build_graph(
-        load_net(Path(prototxt)), phase=phase, stages=stages, level=level, input_shapes=shapes
+        load_net(Path(prototxt), follow_solver=follow_solver),
+        phase=phase,
+        stages=stages,
+        level=level,
+        input_shapes=shapes,
+        dialect=dialect,
     )
 
 
@@ -86,6 +99,8 @@ def load(
     fold_bn: bool = False,
     allow_oversize: bool = False,
     max_variants: int = 8,
+    dialect: str | None = None,
+    plugins: Iterable[str] = (),
 ) -> Any:
     """A Caffe net as a CaffeModule (an nn.Module; in eval() mode for TEST).
 
@@ -106,9 +121,16 @@ def load(
     from protocaffe.lower.builder import fill_blobs, lower_graph
     from protocaffe.runtime.caffemodel import load_caffemodel
     from protocaffe.runtime.guards import check_fits
+    from protocaffe.runtime.statefile import load_state_file, state_format
 
     graph = compile_net(
-        prototxt, phase=phase, stages=stages, level=level, input_shapes=input_shapes
+        prototxt,
+        phase=phase,
+        stages=stages,
+        level=level,
+        input_shapes=input_shapes,
+        dialect=dialect,
+        plugins=plugins,
     )
     device, dtype = resolve_device(device), resolve_dtype(dtype)
     check_fits(graph, device, dtype, allow_oversize=allow_oversize)
@@ -122,7 +144,10 @@ def load(
     )
     module.weights_report = None
     if weights is not None:
-        report = load_caffemodel(module, weights, allow_missing=allow_missing, seed=seed)
+        if state_format(weights) is not None:  # a .safetensors / .pt state_dict
+            report = load_state_file(module, weights, allow_missing=allow_missing)
+        else:
+            report = load_caffemodel(module, weights, allow_missing=allow_missing, seed=seed)
         if report.missing:
             fill_blobs(module, report.missing, seed=seed)
         for d in report.diagnostics:
