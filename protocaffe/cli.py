@@ -14,6 +14,7 @@ import pkgutil
 import sys
 
 import protocaffe.commands
+from protocaffe import __version__
 from protocaffe.diagnostics import CompileError, print_diagnostics
 
 # Every public module under protocaffe/commands/ is a subcommand: adding one touches no list.
@@ -35,6 +36,7 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
         prog="protocaffe",
         description="Caffe prototxt compiler and runtime: check, shape-infer and run Caffe nets.",
     )
+    parser.add_argument("--version", action="version", version=f"protocaffe {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     chosen = next((a for a in argv or () if not a.startswith("-")), None)
     for name in COMMANDS:
@@ -42,6 +44,14 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
             sub.add_parser(name)
         else:
             importlib.import_module(f"protocaffe.commands.{name}").add_parser(sub)
+    for command in sub.choices.values():
+        command.add_argument(
+            "--plugin",
+            action="append",
+            default=[],
+            metavar="MODULE",
+            help="import user layers from MODULE (a module name or a .py file; repeatable)",
+        )
     return parser
 
 
@@ -50,6 +60,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser(argv)
     args = parser.parse_args(argv)  # argparse itself exits 2 on usage errors
     try:
+        if args.plugin:
+            from protocaffe.plugins import load_plugins
+
+            load_plugins(args.plugin)
         return int(args.func(args) or 0)
     except CompileError as err:
         print_diagnostics(err.diagnostics)

@@ -174,11 +174,31 @@ def _clip(text: str, start: int, width: int) -> tuple[str, int, int]:
     return window, start, width
 
 
-def print_diagnostics(diagnostics: Iterable[Diagnostic], stream=None) -> None:
+def print_diagnostics(
+    diagnostics: Iterable[Diagnostic], stream=None, limit: int | None = None
+) -> int:
+    """Render `diagnostics` to `stream` (stderr), the first `limit` of them when given; returns
+    how many were left out."""
     stream = stream or sys.stderr
     color = hasattr(stream, "isatty") and stream.isatty()
-    for d in diagnostics:
+    items = list(diagnostics)
+    shown = items if limit is None else items[:limit]
+    for d in shown:
         print(render(d, color=color), file=stream)
+    return len(items) - len(shown)
+
+
+def _plural(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
+def count_summary(diagnostics: Iterable[Diagnostic]) -> str | None:
+    """'3 errors, 1 warning', or None when there is neither."""
+    severities = [d.severity for d in diagnostics]
+    errors, warnings = severities.count("error"), severities.count("warning")
+    if not errors and not warnings:
+        return None
+    return f"{_plural(errors, 'error')}, {_plural(warnings, 'warning')}"
 
 
 def did_you_mean(word: str, candidates: Iterable[str], n: int = 3) -> list[str]:

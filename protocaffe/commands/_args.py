@@ -44,6 +44,18 @@ def add_input_shapes(p: argparse.ArgumentParser, help: str, *aliases: str) -> No
     )
 
 
+def add_dialect(p: argparse.ArgumentParser) -> None:
+    """`--dialect`: which Caffe fork's meaning names shared by forks take (default: the
+    file's own evidence; see protocaffe/proto/dialects.py)."""
+    from protocaffe.proto.dialects import SELECTABLE
+
+    p.add_argument(
+        "--dialect",
+        choices=SELECTABLE,
+        help="read fork layers as this Caffe fork does (default: chosen from the file)",
+    )
+
+
 def parse_input_shapes(specs: list[str]) -> dict[str, tuple[int, ...]]:
     """`data=1,3,500,500` (or `1x3x500x500`) -> {"data": (1, 3, 500, 500)}."""
     from protocaffe.cli import UsageError
@@ -79,6 +91,7 @@ def add_runtime_args(p: argparse.ArgumentParser) -> None:
         "--seed", type=seed_value, default=0, help="seed for fillers and random inputs (0)"
     )
     add_force(p)
+    add_dialect(p)
 
 
 def add_force(p: argparse.ArgumentParser) -> None:
@@ -139,6 +152,39 @@ def check_output_path(path: str | Path, flag: str | None = None) -> Path:
     if (out.exists() and not os.access(out, os.W_OK)) or not os.access(parent, os.W_OK | os.X_OK):
         raise input_error(f"cannot write {what}: permission denied")
     return out
+
+
+def add_rewrite_outputs(p: argparse.ArgumentParser, source: str) -> Any:
+    """`-o OUT` or `-i/--in-place` (rewrite `source`) for commands that print a prototxt;
+    resolve with `rewrite_target`. Returns the group, for more exclusive options."""
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("-o", "--output", metavar="OUT", help="write here instead of stdout")
+    group.add_argument("-i", "--in-place", action="store_true", help=f"rewrite {source} itself")
+    return group
+
+
+def rewrite_target(args: argparse.Namespace, source: str) -> str | None:
+    """Where the output goes (None: stdout), checked before any work."""
+    from protocaffe.cli import UsageError
+
+    if args.in_place and source == "-":
+        raise UsageError("--in-place needs a file, not standard input")
+    target = source if args.in_place else args.output
+    if target:
+        check_output_path(target)
+    return target
+
+
+def check_input_path(path: str, flag: str) -> None:
+    """Fail (exit 1) before any work unless `path` is a readable file; say what it is else."""
+    from protocaffe.frontend.loader import check_input_file
+
+    try:
+        check_input_file(path, flag)
+        if not os.access(path, os.R_OK):
+            raise PermissionError(13, "permission denied")
+    except OSError as err:
+        raise input_error(f"{flag} {path}: {(err.strerror or str(err)).lower()}") from None
 
 
 def read_input(path: str) -> SourceFile:

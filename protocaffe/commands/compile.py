@@ -6,15 +6,25 @@ import argparse
 import json
 import sys
 
-from protocaffe.commands._args import add_input_shapes, parse_input_shapes
-from protocaffe.diagnostics import CompileError, print_diagnostics
+from protocaffe.commands._args import (
+    add_dialect,
+    add_input_shapes,
+    add_net_arg,
+    check_output_path,
+    int_at_least,
+    parse_input_shapes,
+)
+from protocaffe.diagnostics import CompileError, Diagnostic, count_summary, print_diagnostics
 
 DESCRIPTION = """\
 Parse NET (any Caffe prototxt format; legacy ones are upgraded), keep the layers of the chosen
 phase/stages/level, infer every blob's shape and print one row per layer: blobs, top shapes,
 learnable parameters, multiply-accumulates and float32 activation memory, then totals and the
-alignment of every Crop layer. Errors and warnings go to stderr; the exit code is 0 when there
-are no errors (warnings allowed) and 1 otherwise."""
+alignment of every Crop layer. A solver stands for its training net. Errors and warnings go to
+stderr (the first --max-errors of them, then a count); the exit code is 0 when there are no
+errors (warnings allowed) and 1 otherwise."""
+
+MAX_SHOWN = 25  # diagnostics listed by default (a broken fork net can give hundreds)
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -23,7 +33,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="check a net, infer shapes, report params/MACs/memory",
         description=DESCRIPTION,
     )
-    p.add_argument("net", metavar="NET", help="the .prototxt net definition")
+    add_net_arg(p, help="the .prototxt net definition, or a solver ('-': standard input)")
     add_input_shapes(
         p, "override an input blob's shape (repeatable), e.g. data=1,3,500,500", "--input"
     )
@@ -33,10 +43,20 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--json", action="store_true", help="print the report as JSON (schema_version 1)"
     )
-    p.add_argument("--explain", metavar="LAYER", help="show how LAYER's top shapes were derived")
+    p.add_argument(
+        "--explain", metavar="LAYER", help="print only how LAYER's top shapes were derived"
+    )
+    p.add_argument(
+        "--max-errors",
+        type=int_at_least(0),
+        default=MAX_SHOWN,
+        metavar="N",
+        help=f"list at most N errors and warnings, 0 for all ({MAX_SHOWN})",
+    )
     p.add_argument(
         "--emit-python", metavar="OUT.py", help="also write the net as a standalone PyTorch module"
     )
+    add_dialect(p)
     p.set_defaults(func=run)
 
 
@@ -54,16 +74,23 @@ def run(args: argparse.Namespace) -> int:
     from protocaffe.runtime.guards import plan_warning
 
     shapes = parse_input_shapes(args.shape)
+    if args.emit_python:
+        check_output_path(args.emit_python, "--emit-python")
     try:
         # An unreadable file is a CompileError ("cannot read ...", exit 1).
         graph = compile_net(
-            args.net, phase=args.phase, stages=args.stage, level=args.level, input_shapes=shapes
+            args.net,
+            phase=args.phase,
+            stages=args.stage,
+            level=args.level,
+            input_shapes=shapes,
+            dialect=args.dialect,
+            follow_solver=True,
         )
     except CompileError as err:
-        if not args.json:
-            raise
-        print(json.dumps(failure_report(args.net, err.diagnostics), indent=2))
-        print_diagnostics(err.diagnostics)
+        if args.json:
+            print(json.dumps(failure_report(args.net, err.diagnostics), indent=2))
+        _report(err.diagnostics, args.max_errors)
         return 1
     oversize = plan_warning(graph)  # run/bench/convert would refuse this plan here
     if oversize is not None:
@@ -86,16 +113,25 @@ def run(args: argparse.Namespace) -> int:
         if args.explain:
             report["explain"] = {"layer": args.explain, "lines": explained}
         print(json.dumps(report, indent=2))
+    elif explained:
+        print("\n".join(explained))
     else:
         print(render_table(report))
-        if explained:
-            print()
-            print("\n".join(explained))
-    print_diagnostics(graph.diagnostics)
+    _report(graph.diagnostics, args.max_errors)
 
     if args.emit_python:
         return _emit_python(graph, args.emit_python)
     return 0
+
+
+def _report(diagnostics: list[Diagnostic], limit: int) -> None:
+    """The diagnostics (at most `limit`, 0: all), then 'N errors, M warnings' when any."""
+    left_out = print_diagnostics(diagnostics, limit=limit or None)
+    if left_out:
+        print(f"... {left_out} more not shown (--max-errors 0 lists all)", file=sys.stderr)
+    summary = count_summary(diagnostics)
+    if summary:
+        print(summary, file=sys.stderr)
 
 
 def _emit_python(graph: object, path: str) -> int:

@@ -1,4 +1,4 @@
-"""`protocaffe fmt FILE [-o OUT | --in-place] [--check]`: print a net or solver canonically.
+"""`protocaffe fmt FILE [-o OUT | --in-place | --check]`: print a net or solver canonically.
 
 Canonical means 2-space indent, one value per line, `name`/`type`/`bottom`/`top` first in each
 layer and the rest in caffe.proto order, shortest round-trip floats; comments are kept next to
@@ -12,7 +12,13 @@ from __future__ import annotations
 import argparse
 import sys
 
-from protocaffe.commands._args import add_net_arg, check_output_path, read_input, write_output
+from protocaffe.commands._args import (
+    add_net_arg,
+    add_rewrite_outputs,
+    read_input,
+    rewrite_target,
+    write_output,
+)
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -23,10 +29,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "print it canonically, keeping its comments.",
     )
     add_net_arg(parser, "file", "FILE", "the .prototxt to format ('-': standard input)")
-    out = parser.add_mutually_exclusive_group()
-    out.add_argument("-o", "--output", metavar="OUT", help="write here instead of stdout")
-    out.add_argument("-i", "--in-place", action="store_true", help="rewrite FILE itself")
-    out.add_argument(
+    add_rewrite_outputs(parser, "FILE").add_argument(
         "--check",
         action="store_true",
         help="write nothing; exit 1 if FILE is not already canonical",
@@ -35,29 +38,20 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from protocaffe.cli import UsageError
-    from protocaffe.diagnostics import Diagnostic, print_diagnostics
+    from protocaffe.diagnostics import print_diagnostics
     from protocaffe.frontend import parse_text
     from protocaffe.frontend.printer import format_parsed
 
-    target = args.file if args.in_place else args.output
-    if args.in_place and args.file == "-":
-        raise UsageError("--in-place needs a file, not standard input")
-    if target:
-        check_output_path(target)
+    target = rewrite_target(args, args.file)
     source = read_input(args.file)
     parsed = parse_text(source.text, source.path, source=source)
-    print_diagnostics(parsed.diagnostics)
-    out, unplaced = format_parsed(parsed)
+    out, dropped = format_parsed(parsed)
+    print_diagnostics([*parsed.diagnostics, *dropped])
     if args.check:
         if out != source.text:
             print(f"{args.file}: not canonical (run `protocaffe fmt {args.file}`)", file=sys.stderr)
             return 1
         return 0
-    if unplaced:
-        print_diagnostics(
-            [Diagnostic("warning", f"{source.path}: {unplaced} comment(s) dropped by fmt")]
-        )
     if target:
         if not (args.in_place and out == source.text):
             write_output(target, out)

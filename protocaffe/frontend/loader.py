@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import os
 import re
+import stat
+import sys
 from collections.abc import Callable
+from functools import cache
 from pathlib import Path
-from typing import NoReturn
+from typing import BinaryIO, NoReturn
 
 from protocaffe.diagnostics import CompileError, Diagnostic, SourceFile, Span
 from protocaffe.frontend.textformat import ParsedFile, parse_text
 
-__all__ = ["load_net", "load_solver", "read_source"]
+__all__ = ["MAX_PROTOTXT_BYTES", "check_input_file", "load_net", "load_solver", "read_source"]
 
 _BINARY_SUFFIXES = {
     ".caffemodel": "a .caffemodel (binary trained weights)",
@@ -71,14 +74,76 @@ def _utf16_kind(head: bytes) -> str | None:
     return None
 
 
+# The largest prototxt in the corpus is well under 1 MiB; text 16x that is no net definition
+# (and parsing it would take minutes and gigabytes).
+MAX_PROTOTXT_BYTES = 16 << 20
+STDIN = "-"
+
+
+def _describe_size(size: int) -> str:
+    return f"{size / (1 << 20):.1f} MiB" if size >= 1 << 20 else f"{size} bytes"
+
+
+def check_input_file(
+    path: str | os.PathLike[str], what: str, max_bytes: int | None = None
+) -> os.stat_result:
+    """Refuse, before reading it, a path that is a directory, a device (/dev/zero), or a file
+    over `max_bytes`: a CompileError that says what it is. Pipes pass (their size is checked
+    as they are read). A missing or unreadable path raises OSError."""
+    st = os.stat(path)
+    mode = st.st_mode
+    kind = (
+        "a directory"
+        if stat.S_ISDIR(mode)
+        else "a character device"
+        if stat.S_ISCHR(mode)
+        else "a block device"
+        if stat.S_ISBLK(mode)
+        else "a socket"
+        if stat.S_ISSOCK(mode)
+        else None
+    )
+    if kind is not None:
+        _fail(f"{what} '{os.fspath(path)}' is {kind}, not a file")
+    if max_bytes is not None and stat.S_ISREG(mode) and st.st_size > max_bytes:
+        _fail(
+            f"{what} '{os.fspath(path)}' is {_describe_size(st.st_size)}, larger than any "
+            f"plausible prototxt (limit {_describe_size(max_bytes)})",
+            "is this the right file? trained weights (.caffemodel) go to --weights",
+        )
+    return st
+
+
+def _read_bounded(stream: BinaryIO, name: str) -> bytes:
+    data = stream.read(MAX_PROTOTXT_BYTES + 1)
+    if len(data) > MAX_PROTOTXT_BYTES:
+        _fail(
+            f"{name} holds more than {_describe_size(MAX_PROTOTXT_BYTES)}, larger than any "
+            "plausible prototxt"
+        )
+    return data
+
+
+@cache
+def _stdin_bytes() -> bytes:
+    """Standard input, read once (several stages may ask for the same '-')."""
+    return _read_bounded(sys.stdin.buffer, "standard input")
+
+
 def read_source(path: str | os.PathLike[str]) -> SourceFile:
-    """Read a prototxt as UTF-8 text; binary, empty or badly encoded files are CompileErrors.
+    """Read a prototxt as UTF-8 text; binary, empty, oversized or badly encoded files, and
+    paths that are no file (a directory, /dev/zero), are CompileErrors. '-' is standard input.
 
     A missing or unreadable file raises OSError (a usage problem, not a bad input).
     """
     p = Path(path)
     name = str(path)
-    data = p.read_bytes()
+    if name == STDIN:
+        name, data = "<stdin>", _stdin_bytes()
+    else:
+        check_input_file(p, "the prototxt", MAX_PROTOTXT_BYTES)
+        with open(p, "rb") as f:  # a pipe's size is only known by reading it
+            data = _read_bounded(f, name)
     kind = _binary_kind(p, data)
     if kind is not None:
         if kind.endswith(" text"):
@@ -157,10 +222,11 @@ def _reject_solver(source: SourceFile) -> None:
     raise CompileError([Diagnostic("error", message, span, hint), *syntax])
 
 
-def load_net(path_or_text: str | os.PathLike[str]) -> ParsedFile:
+def load_net(path_or_text: str | os.PathLike[str], follow_solver: bool = False) -> ParsedFile:
     """Parse a net definition and upgrade it from legacy (V0/V1, input:) formats if needed.
 
-    The upgrade's notes are appended to the result's `diagnostics`.
+    The upgrade's notes are appended to the result's `diagnostics`. A solver is an error,
+    unless `follow_solver`: then its training net (`net`/`train_net` file, or inline).
     """
     from protocaffe.frontend.upgrade import upgrade_net
 
@@ -168,16 +234,73 @@ def load_net(path_or_text: str | os.PathLike[str]) -> ParsedFile:
     try:
         parsed = parse_text(source.text, source.path, "net", source=source)
     except CompileError:
+        if follow_solver and _is_solver(source):
+            return _solver_net(load_solver(source))
         _reject_solver(source)
         raise
     return _upgraded(parsed, upgrade_net)
 
 
-def load_solver(path_or_text: str | os.PathLike[str]) -> ParsedFile:
+def _is_solver(source: SourceFile) -> bool:
+    from protocaffe.frontend.textformat import detect_message_type, parse_tree_recovering
+    from protocaffe.proto import caffe_pb2
+
+    tree, _ = parse_tree_recovering(source.text, source)
+    return bool(tree) and detect_message_type(tree) is caffe_pb2.SolverParameter
+
+
+# Caffe's Solver::InitTrainNet takes exactly one of these.
+_TRAIN_NETS = ("net", "net_param", "train_net", "train_net_param")
+
+
+def _solver_net(solver: ParsedFile) -> ParsedFile:
+    """The training net of a parsed (and upgraded) solver, with a note that says where from."""
+    from protocaffe.frontend.upgrade import inline_nets
+
+    msg = solver.message
+    given = [name for name in _TRAIN_NETS if msg.HasField(name)]
+    where = solver.source_map.name_span((given[0],)) if given else None
+    if len(given) != 1:
+        _fail(
+            "this solver names no training net"
+            if not given
+            else f"this solver names {len(given)} training nets ({', '.join(given)})",
+            "Caffe's solver needs exactly one of net, net_param, train_net, train_net_param",
+            where,
+        )
+    field = given[0]
+    if field.endswith("_param"):
+        net = dict(inline_nets(solver))[(field,)]
+        found = f"its inline {field}"
+    else:
+        path = _solver_relative(getattr(msg, field), solver.source.path, where)
+        net = load_net(path)
+        found = f"'{path}'"
+    note = Diagnostic("note", f"{solver.source.path} is a solver; compiling {found}", where)
+    net.diagnostics = [*solver.diagnostics, note, *net.diagnostics]
+    return net
+
+
+def _solver_relative(path: str, solver_path: str, where: Span | None) -> str:
+    """A solver's net path: as written (Caffe reads it from the working directory), else next
+    to the solver."""
+    beside = os.path.join(os.path.dirname(solver_path), path)
+    for candidate in (path, beside):
+        if os.path.isfile(candidate):
+            return candidate
+    _fail(
+        f"the solver's net '{path}' does not exist",
+        "Caffe reads it relative to the working directory; run from there "
+        f"(looked in the working directory and in '{os.path.dirname(solver_path) or '.'}')",
+        where,
+    )
+
+
+def load_solver(path_or_text: str | os.PathLike[str] | SourceFile) -> ParsedFile:
     """Parse a solver definition (deprecated `solver_type` is upgraded to `type`)."""
     from protocaffe.frontend.upgrade import upgrade_solver
 
-    source = _source(path_or_text)
+    source = path_or_text if isinstance(path_or_text, SourceFile) else _source(path_or_text)
     return _upgraded(parse_text(source.text, source.path, "solver", source=source), upgrade_solver)
 
 

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
 
+from protocaffe.diagnostics import Diagnostic
 from protocaffe.frontend.comments import Comments, attach_comments
 from protocaffe.frontend.sourcemap import FieldPath
 
@@ -142,12 +143,16 @@ def format_message(msg: Message, comments: Comments | None = None) -> str:
     return _format(msg, comments)[0]
 
 
-def format_parsed(parsed: ParsedFile) -> tuple[str, int]:
-    """A parsed file printed canonically with its comments, and how many comments found no
-    place (0 unless the message no longer matches its text, e.g. after an upgrade)."""
+def format_parsed(parsed: ParsedFile) -> tuple[str, list[Diagnostic]]:
+    """A parsed file printed canonically with its comments, and a warning when some comments
+    found no place (only when the message no longer matches its text, as after an upgrade)."""
     comments = attach_comments(parsed.message, parsed.source_map, parsed.source)
     text, written = _format(parsed.message, comments)
-    return text, comments.total - written
+    lost = comments.total - written
+    if not lost:
+        return text, []
+    message = f"{parsed.source.path}: {lost} comment(s) have no field to go with and are dropped"
+    return text, [Diagnostic("warning", message)]
 
 
 def _format(msg: Message, comments: Comments | None) -> tuple[str, int]:

@@ -41,6 +41,26 @@ class SourceMap:
                 new_table[_rename(path, mapping)] = span
         return out
 
+    def subtree(self, prefix: FieldPath) -> SourceMap:
+        """The paths under `prefix`, with `prefix` cut off (a nested message's own map)."""
+        n = len(prefix)
+        out = SourceMap(self.source)
+        for table, new_table in ((self.spans, out.spans), (self.names, out.names)):
+            new_table.update({p[n:]: s for p, s in table.items() if p[:n] == prefix})
+        return out
+
+    def graft(self, prefix: FieldPath, other: SourceMap) -> SourceMap:
+        """A new map with the paths under `prefix` replaced by `other`'s, put under `prefix`."""
+        n = len(prefix)
+        out = SourceMap(self.source)
+        for table, extra, new_table in (
+            (self.spans, other.spans, out.spans),
+            (self.names, other.names, out.names),
+        ):
+            new_table.update({p: s for p, s in table.items() if p[:n] != prefix})
+            new_table.update({(*prefix, *p): s for p, s in extra.items()})
+        return out
+
 
 def _rename(path: FieldPath, mapping: dict[FieldPath, FieldPath]) -> FieldPath:
     for end in range(len(path), 0, -1):

@@ -123,8 +123,10 @@ class _Lexer(Lexer):
                 raise LexError(text, start, line, start - line_start + 1)
             value = m.group()
             column = start - line_start + 1
-            fusable = kind == "NUMBER" or value.startswith(_BOOL_WORDS)
-            if fusable and _field_follows(text, m.end()):
+            fusable = (
+                not value.isdigit() if kind == "NUMBER" else value[0] in "tfTF" and len(value) > 5
+            )  # cheap tests first: this runs for every token
+            if fusable and value.startswith(_FUSABLE_STARTS) and _field_follows(text, m.end()):
                 fused = fused_value(value, line, column)
                 if fused is not None:
                     at = fused.cut
@@ -141,6 +143,7 @@ class _Lexer(Lexer):
 # (parse_text warns), so the file still parses, and `protocaffe fmt` writes it out fixed.
 
 _BOOL_WORDS = ("true", "false", "True", "False")
+_FUSABLE_STARTS = (*_BOOL_WORDS, *"0123456789+-.")
 _FIELD_NAME = re.compile(r"[a-zA-Z_][0-9a-zA-Z_]*")
 _NUMBER_PREFIX = re.compile(r"[+\-]?(?:[0-9]|\.[0-9])[0-9a-fA-FxX.+\-]*")
 _WS = re.compile(r"\s*")
@@ -485,7 +488,7 @@ def _enum_converter(fd: FieldDescriptor) -> Callable[[Any], int]:
         hint = suggestion_hint(text, names)
         fork = dialects.origin_of_v1_type(text)
         if fork is not None:
-            hint = f"{text} is from {fork[1]}; it is not in BVLC caffe.proto"
+            hint = f"{text} is from {fork[1]}, not BVLC caffe.proto"
         raise BadValue(f"'{text}' is not a {enum.name} value ({valid})", hint)
 
     return convert
@@ -656,7 +659,7 @@ class _Builder:
                 else:
                     converted = self.convert(plan, value)
                     if converted is not _FAILED:
-                        setattr(msg, name, converted)
+                        schema.set_field(msg, name, converted)
                 continue
             # Repeated: every element gets its own path; the bare field path names the first.
             if field_path not in spans:
@@ -786,7 +789,7 @@ def unknown_field_hint(
     """
     fork = dialects.origin_of_field(descriptor.name, name)
     if fork is not None:
-        return f"'{name}' is from {fork}; protocaffe does not implement it"
+        return f"'{name}' is from {fork}, not BVLC caffe.proto; protocaffe does not implement it"
     is_block = value.__class__ is tuple and value[0] is MSG
     if descriptor.name == "LayerParameter" and name == "layer" and is_block:
         return (

@@ -18,7 +18,7 @@ from google.protobuf.descriptor import FieldDescriptor
 
 from protocaffe.diagnostics import Diagnostic, Diagnostics, Span, suggestion_hint
 from protocaffe.frontend.sourcemap import FieldPath, SourceMap
-from protocaffe.proto import caffe_pb2
+from protocaffe.proto import caffe_pb2, schema
 
 if TYPE_CHECKING:
     from protocaffe.frontend.textformat import ParsedFile
@@ -223,8 +223,8 @@ def _copy_field(src: Any, name: str, dst: Any, dst_name: str) -> int | None:
 
     A scalar copied into a repeated field is appended; the index it got is returned.
     """
-    src_fd = src.DESCRIPTOR.fields_by_name[name]
-    dst_fd = dst.DESCRIPTOR.fields_by_name[dst_name]
+    src_fd = schema.fields_by_name(src.DESCRIPTOR)[name]
+    dst_fd = schema.fields_by_name(dst.DESCRIPTOR)[dst_name]
     value = getattr(src, name)
     values = [_convert(src_fd, dst_fd, v) for v in (value if src_fd.is_repeated else [value])]
     target = getattr(dst, dst_name)
@@ -418,7 +418,7 @@ def _upgrade_data_transform(net: Any, st: _Run) -> Any:
 
 def _v1_layer(v1: Any, i: int, st: _Run, mapping: Mapping) -> Any:
     out = caffe_pb2.LayerParameter()
-    v2_fields = out.DESCRIPTOR.fields_by_name
+    v2_fields = schema.fields_by_name(out.DESCRIPTOR)  # fork fields go over by name too
     for fd, value in v1.ListFields():
         where = ("layers", i, fd.name)
         if fd.name == "type":
@@ -596,8 +596,54 @@ def upgrade_net(parsed: ParsedFile) -> tuple[ParsedFile, list[Diagnostic]]:
     return dataclasses.replace(parsed, message=net, source_map=st.source_map), diags.items
 
 
+INLINE_NETS = ("net_param", "train_net_param", "test_net_param")
+
+
+def inline_nets(solver: ParsedFile) -> list[tuple[FieldPath, ParsedFile]]:
+    """The nets a solver holds inline (`net_param`, `train_net_param`, each `test_net_param`),
+    each as a ParsedFile of its own whose source map paths start at the net."""
+    found = []
+    for name in INLINE_NETS:
+        fd = solver.message.DESCRIPTOR.fields_by_name[name]
+        values = getattr(solver.message, name)
+        if fd.is_repeated:
+            items = [((name, i), v) for i, v in enumerate(values)]
+        else:
+            items = [((name,), values)] if solver.message.HasField(name) else []
+        for prefix, net in items:
+            found.append((prefix, _view(solver, prefix, net)))
+    return found
+
+
+def _view(parsed: ParsedFile, prefix: FieldPath, msg: Any) -> ParsedFile:
+    view = parsed.source_map.subtree(prefix)
+    return dataclasses.replace(parsed, message=msg, source_map=view, diagnostics=[])
+
+
 def upgrade_solver(parsed: ParsedFile) -> tuple[ParsedFile, list[Diagnostic]]:
-    """Replace the deprecated `solver_type` enum with the `type` string (UpgradeSolverAsNeeded)."""
+    """Upgrade a solver as Caffe's UpgradeSolverAsNeeded does (the deprecated `solver_type` enum
+    becomes the `type` string), and the nets it holds inline as `upgrade_net` does."""
+    notes: list[Diagnostic] = []
+    nets = []
+    for prefix, view in inline_nets(parsed):
+        upgraded, found = upgrade_net(view)
+        notes += found
+        if upgraded is not view:
+            nets.append((prefix, upgraded))
+    if nets:
+        out = type(parsed.message)()
+        out.CopyFrom(parsed.message)
+        source_map = parsed.source_map
+        for prefix, net in nets:
+            field = getattr(out, prefix[0])
+            (field[prefix[1]] if len(prefix) > 1 else field).CopyFrom(net.message)
+            source_map = source_map.graft(prefix, net.source_map)
+        parsed = dataclasses.replace(parsed, message=out, source_map=source_map)
+    upgraded, found = _upgrade_solver_type(parsed)
+    return upgraded, [*notes, *found]
+
+
+def _upgrade_solver_type(parsed: ParsedFile) -> tuple[ParsedFile, list[Diagnostic]]:
     solver = parsed.message
     if not solver.HasField("solver_type"):
         return parsed, []
