@@ -117,6 +117,13 @@ class _Context(LowerContext):
         spec = layer.spec
         self.param = getattr(layer.proto, spec.param_field) if spec and spec.param_field else None
         self.inputs = [builder.nodes[v.id] for v in layer.inputs]
+        if builder.graph.phase == 0 and False in layer.proto.propagate_down:
+            # Caffe's `propagate_down: false` sends no gradient to that bottom (TRAIN only).
+            down, g = layer.proto.propagate_down, builder.fx_graph
+            self.inputs = [
+                node if i >= len(down) or down[i] else g.call_method("detach", (node,))
+                for i, node in enumerate(self.inputs)
+            ]
         self.bottom_shapes = [v.shape for v in layer.inputs]
         self.top_shapes = [v.shape for v in layer.outputs]
         self.phase = builder.graph.phase

@@ -120,22 +120,36 @@ class TrainableNet:
 
     # --- passes --------------------------------------------------------------------------
 
-    def forward(self, inputs: Mapping[str, Any] | None = None) -> float:
-        """One forward pass on the next batch (or `inputs`); returns the weighted loss."""
+    def _run(self, inputs: Mapping[str, Any] | None = None) -> Any:
+        """One pass on the next batch (or `inputs`): the weighted loss tensor, or None."""
         blobs = self._next_inputs() if inputs is None else dict(inputs)
         self.blobs = self.module(blobs)
-        return self._loss()
-
-    def _loss(self) -> Any:
         total = None
         for key, weight in self.loss_weights.items():
             term = self.blobs[key].sum() * weight
             total = term if total is None else total + term
         return total
 
+    def forward(self, **inputs: Any) -> dict[str, Any]:
+        """pycaffe's net.forward(): one pass without gradients (on the next batch, or on the
+        input blobs given by name); returns the net's output blobs."""
+        import torch
+
+        with torch.no_grad():
+            self._run({k: self._as_blob(v) for k, v in inputs.items()} if inputs else None)
+        return {o.blob: self.blobs[o.key] for o in self.outputs}
+
+    def forward_loss(self) -> float:
+        """One pass without gradients on the next batch: the loss-weighted objective."""
+        import torch
+
+        with torch.no_grad():
+            loss = self._run()
+        return 0.0 if loss is None else float(loss)
+
     def forward_backward(self) -> float:
-        """Forward then backward from the weighted loss; param grads accumulate."""
-        loss = self.forward()
+        """Forward then backward from the weighted loss; param diffs accumulate."""
+        loss = self._run()
         if loss is None:
             return 0.0
         if loss.requires_grad:

@@ -347,7 +347,6 @@ class Solver:
     def solve(self, resume_file: str | None = None) -> None:
         """Caffe's Solver::Solve: optionally restore, step to max_iter, snapshot (unless the
         last iteration just did), then one forward-only display pass and a final test."""
-        import torch
 
         self.requested_early_exit = False
         if resume_file:
@@ -362,9 +361,7 @@ class Solver:
             self.reporter.line("Optimization stopped early.")
             return
         if p.display and self.iter % p.display == 0:
-            with torch.no_grad():
-                loss = self.net.forward()
-            self._update_smoothed_loss(float(loss) if loss is not None else 0.0, start_iter)
+            self._update_smoothed_loss(self.net.forward_loss(), start_iter)
             self.reporter.line(f"Iteration {self.iter}, loss = {_num(self.smoothed_loss)}")
         if p.test_interval and self.iter % p.test_interval == 0 and self.root:
             self.test_all()
@@ -392,9 +389,9 @@ class Solver:
             for _ in range(iters):
                 if self._action == "stop":
                     break
-                iter_loss = net.forward()
-                if self.param.test_compute_loss and iter_loss is not None:
-                    loss += f32(float(iter_loss))
+                iter_loss = net.forward_loss()
+                if self.param.test_compute_loss:
+                    loss += f32(iter_loss)
                 values = net.output_values()
                 flat = np.concatenate([v.numpy().astype(np.float32) for _, v in values] or [[]])
                 if sums is None:
