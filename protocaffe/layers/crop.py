@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from protocaffe.lazy import torch
 from protocaffe.layers.base import (
     Affine,
     LayerDef,
@@ -92,8 +93,17 @@ class Crop(LayerDef):
         return Affine(1.0, float(spatial.pop())) if len(spatial) == 1 else None
 
     def lower(self, ctx: LowerContext) -> list[fx.Node]:
-        index = self._index(ctx.param, ctx.bottom_shapes[0], ctx.top_shapes[0])
-        return [ctx.call(operator.getitem, ctx.inputs[0], index)]
+        # Sizes are read from the reference blob when the code runs, not baked in: an exported
+        # graph (ONNX, torch.export) then stays right for other input sizes, as FCN needs.
+        data, like = ctx.inputs
+        ndim = len(ctx.bottom_shapes[0])
+        axis = canonical_axis(ctx.param.axis, ndim)
+        offsets = crop_offsets(list(ctx.param.offset), axis, ndim)
+        index: list[slice] = [slice(None)] * axis
+        for i in range(axis, ndim):
+            size = ctx.call(torch.Tensor.size, like, i)
+            index.append(slice(offsets[i], ctx.call(operator.add, size, offsets[i])))
+        return [ctx.call(operator.getitem, data, tuple(index))]
 
     def reference(
         self, ctx: ShapeContext, inputs: list[np.ndarray], blobs: list[np.ndarray]

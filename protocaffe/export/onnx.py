@@ -1,0 +1,108 @@
+"""ONNX through torch's exporter (from the torch.export program), its layer report, and the
+onnxruntime check against protocaffe's own output."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from protocaffe.export.program import Exported
+
+OPSET = 18
+
+
+def save_onnx(exported: Exported, path: str, opset: int = OPSET) -> Any:
+    """Write `exported` as an ONNX model at `path`; return the onnx ModelProto."""
+    import logging
+    import warnings
+
+    import onnx
+    import torch
+
+    # The exporter logs a warning per torchvision op it cannot register: not our concern.
+    logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the exporter's deprecation chatter is not ours
+        program = torch.onnx.export(
+            exported.program,
+            dynamo=True,
+            opset_version=opset,
+            optimize=True,
+            verbose=False,
+            input_names=exported.input_names,
+            output_names=exported.output_names,
+        )
+    program.save(path)
+    return onnx.load(path, load_external_data=False)
+
+
+def layer_ops(model: Any, exported: Exported) -> dict[str, list[str]]:
+    """Caffe layer name -> the ONNX op types its nodes became (in net order; a layer that
+    became nothing, such as TEST-time Dropout, maps to [])."""
+    from protocaffe.export.program import caffe_layer_of, fx_name_in_trace
+
+    of_fx = caffe_layer_of(exported)
+    ops: dict[str, list[str]] = {layer.name: [] for layer in exported.module.caffe_graph.layers}
+    for node in model.graph.node:
+        meta = {p.key: p.value for p in node.metadata_props}
+        layer = of_fx.get(fx_name_in_trace(meta.get("pkg.torch.onnx.stack_trace", "")) or "")
+        if layer is not None:
+            ops[layer].append(node.op_type)
+    return ops
+
+
+def render_layer_ops(ops: dict[str, list[str]], types: dict[str, str]) -> str:
+    rows = [
+        (name, types[name], " ".join(dict.fromkeys(op_types)) or "(nothing: identity)")
+        for name, op_types in ops.items()
+        if types[name] not in ("Input",)
+    ]
+    widths = [max(len(r[i]) for r in [("layer", "type", ""), *rows]) for i in range(2)]
+    lines = [f"{'layer'.ljust(widths[0])}  {'type'.ljust(widths[1])}  ONNX ops"]
+    lines += [f"{n.ljust(widths[0])}  {t.ljust(widths[1])}  {o}" for n, t, o in rows]
+    return "\n".join(lines)
+
+
+@dataclass
+class Check:
+    shapes: list[tuple[int, ...]]  # input shapes run
+    max_error: float  # max |onnx - protocaffe| over outputs, relative to each output's scale
+    worst_output: str
+
+
+def compare(want: dict[str, Any], got: list[Any], names: list[str]) -> tuple[float, str]:
+    """Max over outputs of max|got - want| / max(max|want|, tiny): the error in units of the
+    output's scale."""
+    import numpy as np
+
+    worst, which = 0.0, ""
+    for name, value in zip(names, got, strict=True):
+        ref = want[name].detach().cpu().numpy().astype(np.float64)
+        scale = max(float(np.abs(ref).max()) if ref.size else 0.0, 1e-12)
+        err = float(np.abs(np.asarray(value, np.float64) - ref).max()) / scale if ref.size else 0.0
+        if err >= worst:
+            worst, which = err, name
+    return worst, which
+
+
+def check_onnx(path: str, exported: Exported, shapes: list[list[tuple[int, ...]]]) -> list[Check]:
+    """Run the ONNX model in onnxruntime for each set of input shapes and compare with the
+    CaffeModule (re-specialised to those shapes, as protocaffe runs it)."""
+    import onnxruntime as ort
+    import torch
+
+    from protocaffe.export.program import example_inputs
+
+    session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+    checks = []
+    for input_shapes in shapes:
+        module = exported.module.reshaped(input_shapes)
+        inputs = example_inputs(module, seed=1)
+        feeds = {n: x.numpy() for n, x in zip(exported.input_names, inputs, strict=True)}
+        got = session.run(exported.output_names, feeds)
+        with torch.no_grad():
+            want = module(dict(zip(exported.input_names, inputs, strict=True)))
+        err, which = compare(want, got, exported.output_names)
+        checks.append(Check([tuple(s) for s in input_shapes], err, which))
+    return checks
