@@ -1,9 +1,13 @@
 """Forward timing, like `caffe time` without the backward pass: whole-net and per-layer.
 
 Whole-net times call the module as users do (compiled or not). Per-layer times replay the
-module's fx graph node by node with `torch.fx.Interpreter` and charge each node to the Caffe
+module's fx graph node by node with `torch.fx.Interpreter` and charge each node's call (only
+the call: the interpreter's own bookkeeping is measured apart, as `overhead`) to the Caffe
 layer recorded in `node.meta["caffe_layer"]` by the lowering; on CUDA every node is followed by
 a synchronise, so kernels are charged to the layer that launched them.
+
+Without a fixed count, runs are timed until about `AUTO_BUDGET_S` seconds have been spent (at
+least one, at most `AUTO_MAX_RUNS`), so a large net's benchmark stays quick.
 """
 
 from __future__ import annotations
@@ -13,6 +17,9 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
+
+AUTO_BUDGET_S = 2.0
+AUTO_MAX_RUNS = 10
 
 
 @dataclass
@@ -39,14 +46,24 @@ def synchronizer(device: Any) -> Callable[[], None]:
     return lambda: None
 
 
-def time_calls(fn: Callable[[], Any], iterations: int, warmup: int, device: Any = "cpu") -> Stats:
-    """Run `fn` `warmup` times untimed, then time `iterations` synchronised calls."""
+def enough(samples: list[float], iterations: int | None) -> bool:
+    """Whether a timing loop is done: `iterations` runs, or (None) the automatic budget."""
+    if iterations is not None:
+        return len(samples) >= iterations
+    return len(samples) >= AUTO_MAX_RUNS or (bool(samples) and sum(samples) >= AUTO_BUDGET_S)
+
+
+def time_calls(
+    fn: Callable[[], Any], iterations: int | None, warmup: int, device: Any = "cpu"
+) -> Stats:
+    """Run `fn` `warmup` times untimed, then time synchronised calls: `iterations` of them,
+    or with None as many as the automatic budget allows."""
     sync = synchronizer(device)
     for _ in range(warmup):
         fn()
     sync()
-    samples = []
-    for _ in range(iterations):
+    samples: list[float] = []
+    while not enough(samples, iterations):
         start = time.perf_counter()
         fn()
         sync()
@@ -62,14 +79,24 @@ class LayerTime:
     stats: Stats
 
 
+@dataclass
+class LayerTimes:
+    """Per-layer times in network order, and what each replay spent outside the layers'
+    calls (the interpreter fetching arguments and freeing values: not the net's cost)."""
+
+    layers: list[LayerTime]
+    overhead: Stats
+
+
 def layer_times(
-    module: Any, inputs: dict[str, Any], iterations: int, warmup: int, device: Any = "cpu"
-) -> list[LayerTime]:
+    module: Any, inputs: dict[str, Any], iterations: int | None, warmup: int, device: Any = "cpu"
+) -> LayerTimes:
     """Per-layer forward times of a CaffeModule, in network order.
 
-    Nodes that the lowering did not tag with a Caffe layer (input lookups, parameter reads)
-    cost next to nothing and are left out. Layers that emit no node (Input, Silence) are
-    listed with zero time so that the table follows the prototxt.
+    Only each node's call is timed (synchronised on CUDA); nodes that the lowering did not tag
+    with a Caffe layer (input lookups, parameter reads) cost next to nothing and are left
+    out. Layers that emit no node (Input, Silence) are listed with zero time so that the
+    table follows the prototxt.
     """
     import torch
     from torch import fx
@@ -80,31 +107,51 @@ def layer_times(
         def __init__(self) -> None:
             super().__init__(module, garbage_collect_values=True)
             self.spent: dict[str, float] = {}
+            self.layer: str | None = None
 
         def run_node(self, n: fx.Node) -> Any:
-            layer = n.meta.get("caffe_layer") if n.op.startswith("call_") else None
-            if layer is None:
-                return super().run_node(n)
+            self.layer = n.meta.get("caffe_layer") if n.op.startswith("call_") else None
+            return super().run_node(n)
+
+        def _timed(self, call: Callable[[], Any]) -> Any:
+            if self.layer is None:
+                return call()
             start = time.perf_counter()
-            result = super().run_node(n)
+            result = call()
             sync()
-            self.spent[layer] = self.spent.get(layer, 0.0) + time.perf_counter() - start
+            self.spent[self.layer] = self.spent.get(self.layer, 0.0) + time.perf_counter() - start
             return result
 
+        def call_function(self, target: Any, args: Any, kwargs: Any) -> Any:
+            return self._timed(lambda: super(Timer, self).call_function(target, args, kwargs))
+
+        def call_method(self, target: Any, args: Any, kwargs: Any) -> Any:
+            return self._timed(lambda: super(Timer, self).call_method(target, args, kwargs))
+
+        def call_module(self, target: Any, args: Any, kwargs: Any) -> Any:
+            return self._timed(lambda: super(Timer, self).call_module(target, args, kwargs))
+
     runs: list[dict[str, float]] = []
+    passes: list[float] = []
+    overhead: list[float] = []
     with torch.no_grad():
-        for i in range(warmup + iterations):
+        for _ in range(warmup):
+            Timer().run(inputs)
+        while not enough(passes, iterations):
             timer = Timer()
             sync()
+            start = time.perf_counter()
             timer.run(inputs)
-            if i >= warmup:
-                runs.append(timer.spent)
+            sync()
+            passes.append(time.perf_counter() - start)
+            runs.append(timer.spent)
+            overhead.append(max(passes[-1] - sum(timer.spent.values()), 0.0))
     out = []
     for layer in module.caffe_graph.layers:
         samples = [run.get(layer.name, 0.0) for run in runs]
         shapes = [v.shape for v in layer.outputs]
         out.append(LayerTime(layer.name, layer.type, shapes, Stats(samples)))
-    return out
+    return LayerTimes(out, Stats(overhead))
 
 
 def activation_peak_bytes(module: Any, inputs: dict[str, Any]) -> int:
