@@ -302,6 +302,31 @@ def _read_into(f: Any, blob: BlobRecord, target: Any) -> None:
         pos += n
 
 
+def read_blobs(weights: WeightsFile, record: LayerRecord) -> list[Any]:
+    """A file layer's blobs as float32 CPU tensors in their stored shapes (net-free reading,
+    for net surgery); a legacy num/channels/height/width blob keeps its four axes."""
+    import torch
+
+    out = []
+    with open(weights.path, "rb") as f:
+        for blob in record.blobs:
+            shape = blob.shape if blob.shape is not None else blob.legacy or (blob.size,)
+            if count(shape) != blob.size:
+                raise CompileError(
+                    [
+                        Diagnostic(
+                            "error",
+                            f"{weights.path}: blob of layer '{record.name}' holds {blob.size} "
+                            f"values for shape {blob.shape_text}",
+                        )
+                    ]
+                )
+            target = torch.empty(shape, dtype=torch.float64 if blob.dtype == "<f8" else None)
+            _read_into(f, blob, target)
+            out.append(target.float())
+    return out
+
+
 @dataclass
 class LoadReport:
     """What a weights load did: layers loaded, net layers left to fillers, file layers unused."""
