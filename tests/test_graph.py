@@ -142,14 +142,14 @@ def test_bottom_of_an_excluded_layer_names_the_phase():
 def test_unknown_types_suggest_and_name_forks():
     text = INPUT + (
         'layer { name: "c" type: "Convolutoin" bottom: "data" top: "c" }\n'
-        'layer { name: "i" type: "Interp" bottom: "data" top: "i" }\n'
+        'layer { name: "i" type: "MultiBoxLoss" bottom: "data" top: "i" }\n'
     )
     first, second = errors(text)
     assert first.message == "unknown layer type 'Convolutoin' (layer 'c')"
     assert first.hint.startswith("did you mean 'Convolution'")
     assert (first.span.line, first.span.col) == (2, 19)
     assert any(n.startswith("supported types") and "Convolution" in n for n in first.notes)
-    assert any("DeepLab" in n for n in second.notes)
+    assert any("SSD fork" in n for n in second.notes)
     assert not any(n.startswith("supported types") for n in second.notes)  # listed once
 
 

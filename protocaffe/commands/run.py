@@ -221,6 +221,13 @@ def _parse_hw(text: str | None) -> tuple[int, int] | None:
         raise UsageError(f"--resize expects H,W (two positive integers), not {text!r}") from None
     if h <= 0 or w <= 0:
         raise UsageError(f"--resize expects H,W (two positive integers), not {text!r}")
+    from PIL import Image
+
+    if Image.MAX_IMAGE_PIXELS and h * w > Image.MAX_IMAGE_PIXELS:
+        raise UsageError(
+            f"--resize {h},{w} asks for {h * w} pixels; images are limited to "
+            f"{Image.MAX_IMAGE_PIXELS} (PIL's decompression-bomb limit)"
+        )
     return h, w
 
 
@@ -395,6 +402,7 @@ def run(args: argparse.Namespace) -> int:
             writer.write(sample, {k: a[start : start + n] for k, a in arrays.items()})
             start += n
             progress.step(sample.path.name)
+    writer.finish()
     print(f"wrote results for {len(paths)} input(s) to {out_dir}/", file=sys.stderr)
     return 0
 
@@ -418,7 +426,8 @@ def batches(samples: Any, size: int) -> Any:
 
 
 class Writer:
-    """Turns one input's output blobs into files and a summary line on stdout."""
+    """Turns one input's output blobs into files and a summary line on stdout; classifier
+    results are gathered into topk.json and topk.csv (one row per input, item and rank)."""
 
     def __init__(
         self,
@@ -435,6 +444,7 @@ class Writer:
         self.save_blobs = save_blobs
         self.stems: set[str] = set()
         self.checked_labels = labels is None
+        self.top: list[dict[str, Any]] = []  # classifier results, for topk.json / topk.csv
 
     def check_labels(self, blob: str, classes: int) -> None:
         """Warn once when --labels does not name one class per output channel."""
@@ -447,6 +457,22 @@ class Writer:
                 f"{classes} classes; classes without a name are shown by index",
                 file=sys.stderr,
             )
+
+    def finish(self) -> None:
+        """Write the classifier results gathered so far (nothing when there are none)."""
+        if not self.top:
+            return
+        import csv
+        import json
+
+        (self.out_dir / "topk.json").write_text(json.dumps(self.top, indent=2) + "\n")
+        with open(self.out_dir / "topk.csv", "w", newline="") as f:
+            out = csv.writer(f)
+            out.writerow(["input", "blob", "item", "rank", "class", "label", "score"])
+            for entry in self.top:
+                for rank, t in enumerate(entry["top"], 1):
+                    row = [entry["input"], entry["blob"], entry["item"], rank]
+                    out.writerow([*row, t["class"], t["label"], f"{t['score']:.6g}"])
 
     def name(self, index: int) -> str:
         return self.labels[index] if self.labels and index < len(self.labels) else str(index)
@@ -488,6 +514,17 @@ class Writer:
                     parts.append(
                         f"{prefix}{item}top-{len(top)}: "
                         + ", ".join(f"{self.name(c)} ({s:.4f})" for c, s in top)
+                    )
+                    self.top.append(
+                        {
+                            "input": str(sample.path),
+                            "blob": blob,
+                            "item": i,
+                            "top": [
+                                {"class": int(c), "label": self.name(c), "score": float(s)}
+                                for c, s in top
+                            ],
+                        }
                     )
             else:
                 np.save(self.out_dir / f"{tag}.npy", out)

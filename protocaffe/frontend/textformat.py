@@ -316,6 +316,11 @@ class BadValue(Exception):
         self.message, self.hint = message, hint
 
 
+def _quoted(text: str) -> str:
+    """A value quoted in a message; a huge one is cut short (the caret shows where it is)."""
+    return f"'{text}'" if len(text) <= 40 else f"'{text[:12]}...' ({len(text)} characters)"
+
+
 _C_OCTAL = re.compile(r"(-?)0(\d+)$")
 _OCTAL_FLOAT = re.compile(r"-?0[0-9]+")
 _INF = re.compile(r"-?inf(?:inity)?f?$", re.IGNORECASE)
@@ -347,21 +352,28 @@ def _scalar_text(v: Any, what: str) -> str:
     )
 
 
+# More digits than any 64-bit integer has, in any base text_format reads (octal: 22). Python
+# refuses to convert over 4300 digits; a net has no use for anything near.
+_MAX_INT_CHARS = 40
+
+
 def parse_int(text: str) -> int:
     """An integer as text_format reads it: decimal, 0x hex, C octal (017), optional sign."""
+    if len(text) > _MAX_INT_CHARS:
+        raise BadValue(f"{_quoted(text)} is out of range for any field")
     if text.isdigit() and (text[0] != "0" or len(text) == 1):
         return int(text)
     m = _C_OCTAL.match(text)
     try:
         return int(f"{m.group(1)}0o{m.group(2)}" if m else text, 0)
     except ValueError:
-        raise BadValue(f"expected an integer, found '{text}'") from None
+        raise BadValue(f"expected an integer, found {_quoted(text)}") from None
 
 
 def parse_float(text: str) -> float:
     """A float as text_format reads it: also inf/-inf/infinity/nan and a trailing f/F."""
     if _OCTAL_FLOAT.match(text):
-        raise BadValue(f"invalid number '{text}' (a leading 0 makes it octal)")
+        raise BadValue(f"invalid number {_quoted(text)} (a leading 0 makes it octal)")
     try:
         return float(text)
     except ValueError:
@@ -372,7 +384,7 @@ def parse_float(text: str) -> float:
         try:
             return float(text.rstrip("fF"))
         except ValueError:
-            raise BadValue(f"expected a number, found '{text}'") from None
+            raise BadValue(f"expected a number, found {_quoted(text)}") from None
 
 
 def _int_converter(type_name: str, lo: int, hi: int) -> Callable[[Any], int]:
@@ -380,6 +392,8 @@ def _int_converter(type_name: str, lo: int, hi: int) -> Callable[[Any], int]:
 
     def convert(v: Any) -> int:
         text = _scalar_text(v, what)
+        if len(text) > _MAX_INT_CHARS:
+            raise BadValue(f"{_quoted(text)} is out of range for {type_name} ({lo} to {hi})")
         try:
             n = parse_int(text)
         except BadValue:
@@ -392,7 +406,7 @@ def _int_converter(type_name: str, lo: int, hi: int) -> Callable[[Any], int]:
                         hint += f" ({int(x)})"
             except BadValue:
                 pass
-            raise BadValue(f"expected {what}, found '{text}'", hint) from None
+            raise BadValue(f"expected {what}, found {_quoted(text)}", hint) from None
         if not lo <= n <= hi:
             raise BadValue(f"{text} is out of range for {type_name} ({lo} to {hi})")
         return n
@@ -410,7 +424,7 @@ def _convert_bool(v: Any) -> bool:
         return _BOOLS[text]
     except KeyError:
         hint = f"write {text.lower()}" if text.lower() in _BOOLS else None
-        raise BadValue(f"expected true or false, found '{text}'", hint) from None
+        raise BadValue(f"expected true or false, found {_quoted(text)}", hint) from None
 
 
 def _unquote(toks: list[Tok]) -> str:
@@ -489,7 +503,7 @@ def _enum_converter(fd: FieldDescriptor) -> Callable[[Any], int]:
         fork = dialects.origin_of_v1_type(text)
         if fork is not None:
             hint = f"{text} is from {fork[1]}, not BVLC caffe.proto"
-        raise BadValue(f"'{text}' is not a {enum.name} value ({valid})", hint)
+        raise BadValue(f"{_quoted(text)} is not a {enum.name} value ({valid})", hint)
 
     return convert
 

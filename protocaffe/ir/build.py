@@ -16,6 +16,8 @@ from protocaffe.diagnostics import CompileError, Diagnostic, Diagnostics, Span, 
 from protocaffe.ir.graph import Graph, Layer, Value
 from protocaffe.ir.state import layer_included, net_state
 from protocaffe.layers.base import REGISTRY, Arity, Shape, ShapeContext, lookup, shape_str
+from protocaffe.layers.ignored import note_ignored
+from protocaffe.lower.fillers import check_fillers
 from protocaffe.proto.dialects import origin_of_type
 from protocaffe.proto.schema import choose_dialect
 
@@ -42,14 +44,6 @@ def build_graph(
     graph.dialect = choose_dialect(net, dialect)
     builder = _Builder(graph, dict(input_shapes or {}))
     builder.diags.extend(getattr(parsed, "diagnostics", ()))
-    if graph.dialect.name is not None:
-        builder.diags.append(
-            Diagnostic(
-                "note",
-                f"fork constructs are read as the '{graph.dialect.name}' dialect "
-                f"({graph.dialect.reason}); --dialect chooses another",
-            )
-        )
     builder.run()
 
     from protocaffe.ir.coordmap import analyze
@@ -59,6 +53,14 @@ def build_graph(
     diagnostics = sorted(builder.diags, key=_position)
     if any(d.severity == "error" for d in diagnostics):
         raise CompileError(diagnostics)
+    if graph.dialect.name is not None:
+        diagnostics.append(
+            Diagnostic(
+                "note",
+                f"fork layers are read as the '{graph.dialect.name}' dialect "
+                f"({graph.dialect.reason}); --dialect chooses another",
+            )
+        )
     graph.diagnostics = diagnostics
     return graph
 
@@ -187,6 +189,7 @@ class _Builder:
         lp = self.net.layer[index]
         path = ("layer", index)
         spec = REGISTRY.get(lp.type)
+        spec = spec.for_layer(lp) if spec is not None else None
         if spec is not None and spec.is_loss and len(lp.top) < spec.tops[0]:
             lp = self.with_auto_tops(lp, spec.tops[0])
         layer = Layer(lp.name, lp.type, lp, path, self.span(*path, "name"), spec)
@@ -222,6 +225,7 @@ class _Builder:
         spec = layer.spec
         assert spec is not None
         ctx = shape_context(self.graph, layer, self.overrides)
+        note_ignored(ctx)
         try:
             tops = [tuple(int(d) for d in s) for s in spec.shapes(ctx)]
             if len(tops) != len(layer.outputs):
@@ -234,7 +238,8 @@ class _Builder:
                     f"top shape {shape_str(bad)} has a non-positive size",
                     hint="the input is too small for this net; give a larger one with --shape",
                 )
-            layer.blob_specs = list(spec.blobs(ctx))
+            layer.blob_specs = specs = list(spec.blobs(ctx))
+            check_fillers(ctx, ((f"filler of '{b.name}'", b.filler, b.shape) for b in specs))
             layer.macs = int(spec.macs(ctx, tops))
         except CompileError as err:
             self.diags.extend(err.diagnostics)

@@ -39,6 +39,8 @@ class Layer:
     outputs: list[Value] = field(default_factory=list, repr=False)
     blob_specs: list[BlobSpec] = field(default_factory=list)
     macs: int = 0
+    # The fork dialect names shared by forks are read in (proto/dialects.py; None: no fork).
+    dialect: str | None = None
 
     @property
     def bottoms(self) -> list[str]:
@@ -71,6 +73,7 @@ class Graph:
     # Warnings and notes gathered while building (errors are raised as CompileError instead).
     diagnostics: list[Diagnostic] = field(default_factory=list)
     coords: Any = None  # protocaffe.ir.coordmap.CoordAnalysis: coordinate maps, crop alignment
+    dialect: Any = None  # protocaffe.proto.dialects.Choice: the fork dialect, and why
 
     @property
     def name(self) -> str:

@@ -44,8 +44,12 @@ def count(shape: Sequence[int]) -> int:
 
 def has_field(param: Any, name: str) -> bool:
     """Whether protobuf message `param` sets field `name` (a repeated field: non-empty)."""
-    desc = param.DESCRIPTOR.fields_by_name[name]
-    return len(getattr(param, name)) > 0 if desc.is_repeated else param.HasField(name)
+    from protocaffe.proto.schema import fields_by_name
+
+    desc = fields_by_name(param.DESCRIPTOR)[name]
+    if desc.is_repeated:
+        return len(getattr(param, name)) > 0
+    return param.HasExtension(desc) if desc.is_extension else param.HasField(name)
 
 
 def canonical_axis(axis: int, ndim: int) -> int:
@@ -119,6 +123,11 @@ class ShapeContext:
         return self.layer.name
 
     @property
+    def dialect(self) -> str | None:
+        """The fork dialect the net is read in (--dialect or the file's evidence), or None."""
+        return self.layer.dialect
+
+    @property
     def type(self) -> str:
         return self.layer.type
 
@@ -146,6 +155,10 @@ class ShapeContext:
 
     def warn(self, message: str, *field_path: str | int, hint: str | None = None) -> None:
         self.warnings.append(self._diagnostic("warning", message, field_path, hint))
+
+    def note(self, message: str, *field_path: str | int) -> None:
+        """A remark for `compile` (a choice made from the file's evidence, an ignored field)."""
+        self.warnings.append(self._diagnostic("note", message, field_path, None))
 
     def _diagnostic(
         self, severity: Severity, message: str, field_path: tuple[str | int, ...], hint: str | None
@@ -215,6 +228,11 @@ class LayerDef:
     is_input: ClassVar[bool] = False
     # Loss layers: top[0] is a loss, weighted by loss_weight (default 1).
     is_loss: ClassVar[bool] = False
+
+    def for_layer(self, proto: Any) -> LayerDef:
+        """The declaration that handles this layer: itself, unless the type's meaning depends on
+        the layer's parameters (a Python layer that protocaffe runs natively)."""
+        return self
 
     def shapes(self, ctx: ShapeContext) -> list[Shape]:
         raise NotImplementedError

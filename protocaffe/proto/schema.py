@@ -1,0 +1,328 @@
+"""Fork dialects' schema: messages and fields declared in Python, added beside caffe.proto.
+
+BVLC's schema stays the generated `caffe_pb2`. A fork's parameter message is declared where
+its layer is implemented (one layer file), and the fields forks add to BVLC messages
+(`PoolingParameter.ceil_mode`, `LayerParameter.prior_box_param`, ...) become protobuf
+*extensions* of the BVLC messages (caffe.proto gives every message an extension range). Each
+declaration is compiled at import into a small FileDescriptorProto in the default descriptor
+pool, and an attribute of the BVLC class is added for every extension, so code reads
+`layer.prior_box_param.min_size` exactly as it reads a BVLC field.
+
+Text is parsed by field name (frontend/textformat.py asks `fields_by_name`), so a fork file
+reads as it would in its fork; a BVLC file never reaches the extensions and parses exactly as
+text_format parses it. Field numbers only matter on the wire: an extension keeps the number
+the forks' caffe.proto gives it (the first dialect in `dialects.DIALECTS` that lists it) where
+that number is inside the extension range and free, else it gets a private number. The
+caffemodel loader reads only layer names, types and blobs, so fork fields at clashing numbers
+in a binary file never matter (tests/test_dialect_schema.py checks one).
+
+Usage (see docs/ARCHITECTURE.md, "Adding a layer type"):
+
+    from protocaffe.proto.schema import Enum, Field, declare_message, extend
+
+    InterpParameter = declare_message(
+        "InterpParameter",
+        Field("height", 1, "int32"),
+        Field("zoom_factor", 3, "int32", default=1),
+        param="interp_param",  # LayerParameter field; numbers from dialects.py
+    )
+    extend("PoolingParameter", Field("ceil_mode", 13, "bool", default=True))
+"""
+
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass, field
+from typing import Any
+
+from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
+from google.protobuf.descriptor import Descriptor, FieldDescriptor
+
+from protocaffe.proto import caffe_pb2
+
+__all__ = [
+    "Enum",
+    "Field",
+    "declare_message",
+    "extend",
+    "fields_by_name",
+    "generation",
+    "message_class",
+    "set_field",
+]
+
+_FDP = descriptor_pb2.FieldDescriptorProto
+_SCALARS = {
+    "double": _FDP.TYPE_DOUBLE,
+    "float": _FDP.TYPE_FLOAT,
+    "int64": _FDP.TYPE_INT64,
+    "uint64": _FDP.TYPE_UINT64,
+    "int32": _FDP.TYPE_INT32,
+    "uint32": _FDP.TYPE_UINT32,
+    "bool": _FDP.TYPE_BOOL,
+    "string": _FDP.TYPE_STRING,
+    "bytes": _FDP.TYPE_BYTES,
+}
+# Extension numbers for fields whose fork number is taken: [_PRIVATE, _PRIVATE + _SPAN).
+_PRIVATE = 500_000_000
+_SPAN = 36_000_000
+# Fields of a declared message whose fork numbers clash (two forks' BNParameter) start here.
+_MESSAGE_PRIVATE = 1000
+_PACKAGE = "caffe"
+
+
+@dataclass(frozen=True)
+class Field:
+    """One field: `type` is a scalar ("float", "int32", ...), a message name ("FillerParameter",
+    or one declared earlier) or an enum declared in the same message. `number` is the fork's."""
+
+    name: str
+    number: int
+    type: str
+    default: Any = None
+    repeated: bool = False
+    dialects: tuple[str, ...] = ()  # which forks define it (empty: those of the message)
+
+
+@dataclass(frozen=True)
+class Enum:
+    """An enum nested in a declared message: Enum("CodeType", CORNER=1, CENTER_SIZE=2)."""
+
+    name: str
+    values: dict[str, int] = field(default_factory=dict)
+
+    def __init__(self, name: str, **values: int) -> None:
+        object.__setattr__(self, "name", name)
+        object.__setattr__(self, "values", values)
+
+
+@dataclass
+class Declared:
+    """What one declaration added (for reports and tests)."""
+
+    message: str | None  # the declared message's name (None for `extend`)
+    extendee: str  # the BVLC message its extension fields extend
+    numbers: dict[str, int]  # extension field -> its number in protocaffe's schema
+    dialects: tuple[str, ...]
+
+
+_POOL = descriptor_pool.Default()
+_EXTENSIONS: dict[str, dict[str, FieldDescriptor]] = {}  # extendee full name -> name -> fd
+_CLASSES: dict[str, type] = {}  # declared message name -> class
+DECLARED: list[Declared] = []
+_generation = 0
+
+
+def generation() -> int:
+    """Bumped by every declaration (caches keyed on it see plugins declared later)."""
+    _load_declarations()
+    return _generation
+
+
+def message_class(name: str) -> Any:
+    """A BVLC or declared message class by name."""
+    return _CLASSES.get(name) or getattr(caffe_pb2, name)
+
+
+def fields_by_name(descriptor: Descriptor) -> dict[str, FieldDescriptor]:
+    """`descriptor`'s fields by name, with the fork fields declared for it."""
+    _load_declarations()
+    extra = _EXTENSIONS.get(descriptor.full_name)
+    if not extra:
+        return dict(descriptor.fields_by_name)
+    return {**descriptor.fields_by_name, **extra}
+
+
+def _load_declarations() -> None:
+    """Declarations live in the layer files: importing them declares them."""
+    import protocaffe.layers  # noqa: F401
+
+
+def declare_message(
+    name: str,
+    *items: Field | Enum,
+    param: str | None = None,
+    numbers: dict[str, int] | None = None,
+    dialects: tuple[str, ...] = (),
+) -> Any:
+    """Declare fork message `name` and return its class.
+
+    `param` names the LayerParameter (and V1LayerParameter) field that holds it; its number
+    per fork comes from `numbers` ({"ssd": 203}) or else from dialects.py's tables.
+    `dialects` names the forks it comes from (default: those that list `param`).
+    """
+    from protocaffe.proto import dialects as catalogue
+
+    if name in _CLASSES or hasattr(caffe_pb2, name):
+        raise ValueError(f"message {name!r} is already declared")
+    fork_numbers = dict(numbers or (catalogue.param_numbers(param) if param else {}))
+    dialects = dialects or tuple(fork_numbers)
+    fdp = _file(f"{name}")
+    msg = fdp.message_type.add(name=name)
+    enums = {e.name for e in items if isinstance(e, Enum)}
+    for e in items:
+        if isinstance(e, Enum):
+            enum = msg.enum_type.add(name=e.name)
+            for value_name, number in e.values.items():
+                enum.value.add(name=value_name, number=number)
+    used: set[int] = set()
+    spare = _MESSAGE_PRIVATE
+    for f in items:
+        if isinstance(f, Field):
+            number = f.number
+            if number in used:
+                while spare in used:
+                    spare += 1
+                number = spare
+            used.add(number)
+            msg.field.append(
+                _field_proto(f, number, f".{_PACKAGE}.{name}.{f.type}" if f.type in enums else None)
+            )
+    if param is not None:
+        for extendee in ("LayerParameter", "V1LayerParameter"):
+            number = _extension_number(extendee, param, list(fork_numbers.values()))
+            scope = fdp.message_type.add(name=f"{name}_{extendee}")
+            ext = _FDP(name=param, number=number, label=_FDP.LABEL_OPTIONAL, type=_FDP.TYPE_MESSAGE)
+            ext.type_name = f".{_PACKAGE}.{name}"
+            ext.extendee = f".{_PACKAGE}.{extendee}"
+            scope.extension.append(ext)
+    _add(fdp)
+    cls = message_factory.GetMessageClass(_POOL.FindMessageTypeByName(f"{_PACKAGE}.{name}"))
+    _CLASSES[name] = cls
+    if param is not None:
+        for extendee in ("LayerParameter", "V1LayerParameter"):
+            fd = _POOL.FindExtensionByName(f"{_PACKAGE}.{name}_{extendee}.{param}")
+            _attach(extendee, fd)
+        union = _EXTENSIONS[f"{_PACKAGE}.LayerParameter"][param].number
+        DECLARED.append(Declared(name, "LayerParameter", {param: union}, dialects))
+    return cls
+
+
+def extend(extendee: str, *fields: Field, dialects: tuple[str, ...] = ()) -> None:
+    """Add fork fields to BVLC (or declared) message `extendee`, e.g. PoolingParameter."""
+    target = message_class(extendee).DESCRIPTOR
+    fdp = _file(f"{extendee}_{'_'.join(f.name for f in fields)}")
+    scope = fdp.message_type.add(name=f"{extendee}_{fields[0].name}_ext")
+    for f in fields:
+        if f.name in fields_by_name(target):
+            raise ValueError(f"{extendee}.{f.name} is already declared")
+        number = _extension_number(extendee, f.name, [f.number])
+        enum_type = None
+        if f.type not in _SCALARS and f.type not in _CLASSES and not hasattr(caffe_pb2, f.type):
+            enum_type = f".{target.full_name}.{f.type}"  # an enum of the extended message
+        ext = _field_proto(f, number, enum_type)
+        ext.extendee = f".{target.full_name}"
+        scope.extension.append(ext)
+    _add(fdp)
+    for f in fields:
+        _attach(extendee, _POOL.FindExtensionByName(f"{_PACKAGE}.{scope.name}.{f.name}"))
+    numbers = {f.name: _EXTENSIONS[target.full_name][f.name].number for f in fields}
+    DECLARED.append(Declared(None, extendee, numbers, dialects))
+
+
+# --- building -----------------------------------------------------------------------------
+
+
+def _file(stem: str) -> descriptor_pb2.FileDescriptorProto:
+    return descriptor_pb2.FileDescriptorProto(
+        name=f"protocaffe/dialect/{stem}.proto",
+        package=_PACKAGE,
+        dependency=["caffe.proto", *sorted(_declared_files())],
+        syntax="proto2",
+    )
+
+
+_FILES: list[str] = []
+
+
+def _declared_files() -> list[str]:
+    return _FILES
+
+
+def _add(fdp: descriptor_pb2.FileDescriptorProto) -> None:
+    global _generation
+    _POOL.AddSerializedFile(fdp.SerializeToString())
+    _FILES.append(fdp.name)
+    _generation += 1
+
+
+def _field_proto(
+    f: Field, number: int, enum_type: str | None
+) -> descriptor_pb2.FieldDescriptorProto:
+    label = _FDP.LABEL_REPEATED if f.repeated else _FDP.LABEL_OPTIONAL
+    proto = _FDP(name=f.name, number=number, label=label)
+    if f.type in _SCALARS:
+        proto.type = _SCALARS[f.type]
+    elif enum_type is not None:
+        proto.type = _FDP.TYPE_ENUM
+        proto.type_name = enum_type
+    else:
+        proto.type = _FDP.TYPE_MESSAGE
+        proto.type_name = f".{message_class(f.type).DESCRIPTOR.full_name}"
+    if f.default is not None:
+        if isinstance(f.default, bool):
+            proto.default_value = "true" if f.default else "false"
+        else:
+            proto.default_value = str(f.default)
+    return proto
+
+
+def _extension_number(extendee: str, name: str, wanted: list[int]) -> int:
+    """The fork's number if the extension range has it free, else a stable private one."""
+    desc = message_class(extendee).DESCRIPTOR
+    taken = {fd.number for fd in desc.fields}
+    taken |= {fd.number for fd in _EXTENSIONS.get(desc.full_name, {}).values()}
+    for number in wanted:
+        if number not in taken and any(lo <= number < hi for lo, hi in desc.extension_ranges):
+            return number
+    number = _PRIVATE + zlib.crc32(f"{extendee}.{name}".encode()) % _SPAN
+    while number in taken:
+        number += 1
+    return number
+
+
+def _attach(extendee: str, fd: FieldDescriptor) -> None:
+    """Register extension `fd` by name and give the class a read-only attribute for it
+    (upb messages refuse attribute assignment to non-fields: use `set_field`)."""
+    cls = message_class(extendee)
+    _EXTENSIONS.setdefault(cls.DESCRIPTOR.full_name, {})[fd.name] = fd
+    setattr(cls, fd.name, property(lambda self, fd=fd: self.Extensions[fd]))
+
+
+def set_field(msg: Any, name: str, value: Any) -> None:
+    """`msg.name = value` for a BVLC field or a fork (extension) scalar field."""
+    fd = fields_by_name(msg.DESCRIPTOR)[name]
+    if fd.is_extension:
+        msg.Extensions[fd] = value
+    else:
+        setattr(msg, name, value)
+
+
+# --- which dialect a net is read in --------------------------------------------------------
+
+
+def fork_constructs(net: Any) -> set[str]:
+    """The layer types of `net` and the names of the fork (extension) fields it sets
+    anywhere; `min_size*` when a field named min_size holds several values (only SSD's
+    PriorBox allows that)."""
+    found = {layer.type for layer in net.layer}
+    todo = [net]
+    while todo:
+        msg = todo.pop()
+        for fd, value in msg.ListFields():
+            if fd.is_extension:
+                found.add(fd.name)
+                if fd.name == "min_size" and len(value) > 1:
+                    found.add("min_size*")
+            if fd.type == FieldDescriptor.TYPE_MESSAGE:
+                todo.extend(value if fd.is_repeated else (value,))
+    return found
+
+
+def choose_dialect(net: Any, given: str | None = None) -> Any:
+    """The dialects.Choice for `net`: `given` (--dialect), else the file's evidence."""
+    from protocaffe.proto import dialects
+
+    if given is not None:
+        return dialects.choose((), given)
+    return dialects.choose(fork_constructs(net))
