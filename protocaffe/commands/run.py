@@ -363,6 +363,7 @@ def run(args: argparse.Namespace) -> int:
         if path is not None:
             check_input_path(path, f"--{flag}")
     labels = read_labels(args.labels)
+    _parse_hw(args.resize)  # a bad --resize is bad usage: say so before loading the net
     save_blobs = [b.strip() for b in (args.save_blobs or "").split(",") if b.strip()]
     paths = expand_inputs(args.input)
     wanted = [args.output_blob] if args.output_blob else []

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from protocaffe.diagnostics import input_error
+from protocaffe.diagnostics import CompileError, input_error
 
 LUMA = (0.299, 0.587, 0.114)  # ITU-R 601-2, as PIL's RGB -> L conversion
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp"}
@@ -71,47 +71,25 @@ class Preprocess:
         return image[top : top + crop, left : left + crop]
 
     def transform(self, chw: np.ndarray) -> np.ndarray:
-        """Caffe's TEST-phase DataTransformer on one CxHxW float image (channel order done)."""
-        channels, height, width = chw.shape
-        mean_image = self.mean_image
-        if mean_image is not None and self.mean is not None:
-            raise input_error(
-                "both a mean file and mean values are given; Caffe accepts only one",
-                hint="drop transform_param.mean_file or the mean values",
+        """Caffe's TEST-phase DataTransformer (`runtime.transform`) on one CxHxW float image
+        (channel order done): mean, centre crop, scale; `run` never mirrors."""
+        from protocaffe.runtime.transform import Transform
+
+        step = Transform(
+            scale=self.scale,
+            crop_size=self.crop_size,
+            mean_values=self.mean,
+            mean_image=self.mean_image,
+        )
+        try:
+            step.check()
+            return step(chw)
+        except CompileError as err:
+            err.diagnostics[0].hint = (
+                "pass --resize H,W (the mean file's size, at least crop_size) or "
+                "per-channel --mean B,G,R"
             )
-        if mean_image is not None:
-            if mean_image.shape[0] != channels:
-                raise input_error(
-                    f"the mean file has {mean_image.shape[0]} channels but the image has {channels}"
-                )
-            if mean_image.shape[1:] != (height, width):
-                raise input_error(
-                    f"the mean file is {mean_image.shape[1]}x{mean_image.shape[2]} but the "
-                    f"image is {height}x{width}; Caffe subtracts it pixel by pixel, so the "
-                    "sizes must agree",
-                    hint="pass --resize H,W to the mean file's size (with crop_size, Caffe "
-                    "crops the mean-subtracted image), or per-channel --mean B,G,R",
-                )
-            chw = chw - mean_image.astype(np.float32)
-        if self.crop_size:
-            crop = self.crop_size
-            if crop > height or crop > width:
-                raise input_error(
-                    f"crop_size {crop} is larger than the {height}x{width} image",
-                    hint="pass --resize H,W with H and W at least crop_size",
-                )
-            top, left = (height - crop) // 2, (width - crop) // 2
-            chw = chw[:, top : top + crop, left : left + crop]
-        if self.mean is not None:
-            mean = np.asarray(self.mean, dtype=np.float32)
-            if mean.size not in (1, channels):
-                raise input_error(
-                    f"--mean has {mean.size} values but the image has {channels} channels"
-                )
-            chw = chw - mean.reshape(-1, 1, 1)
-        if self.scale != 1.0:
-            chw = chw * np.float32(self.scale)
-        return np.ascontiguousarray(chw, dtype=np.float32)
+            raise
 
 
 def load_mean_file(path: str | Path) -> np.ndarray:
@@ -156,16 +134,28 @@ def load_mean_file(path: str | Path) -> np.ndarray:
 
 def load_image(path: Path, resize: tuple[int, int] | None = None) -> np.ndarray:
     """An image file as an HxWx3 RGB uint8 array (grey images are expanded)."""
+    import warnings
+
     from PIL import Image, UnidentifiedImageError
 
     try:
-        with Image.open(path) as im:
+        with warnings.catch_warnings():
+            # Between PIL's pixel limit and twice it PIL only warns (a stray line); beyond, it
+            # raises DecompressionBombError, reported below.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            im = Image.open(path)
+        with im:
             im = im.convert("RGB")
             if resize is not None:
                 im = im.resize((resize[1], resize[0]), Image.BILINEAR)
             return np.asarray(im)
     except (UnidentifiedImageError, OSError) as err:
         raise input_error(f"{path}: cannot read image: {err}") from None
+    except Image.DecompressionBombError as err:
+        raise input_error(
+            f"{path}: refused: {err}",
+            hint="an image this large is either hostile or needs downscaling before `run`",
+        ) from None
 
 
 def load_npy(path: Path) -> np.ndarray:
