@@ -19,6 +19,7 @@ from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any
 
 from protocaffe.layers.base import LayerDef, LowerContext, Shape, ShapeContext, register
+from protocaffe.lower.fillers import check_fillers
 
 if TYPE_CHECKING:
     from torch import fx
@@ -201,17 +202,36 @@ class HDF5Data(_Input):
         )
 
 
+# Python layers that protocaffe runs natively, by (module, layer) as python_param names them.
+NATIVE_PYTHON_LAYERS: dict[tuple[str, str], LayerDef] = {}
+
+
+def native_python_layer(module: str, layer: str) -> Any:
+    """Class decorator: run `type: "Python"` layers of this module and class natively."""
+
+    def add(cls: type[LayerDef]) -> type[LayerDef]:
+        NATIVE_PYTHON_LAYERS[(module, layer)] = cls()
+        return cls
+
+    return add
+
+
 @register
 class Python(_Input):
     """A layer written in Python: its reshape() decides the top shapes at run time.
 
-    Treated as an input: its tops are fed to the lowered module by the caller.
+    Treated as an input: its tops are fed to the lowered module by the caller, unless
+    protocaffe implements that Python class natively (NATIVE_PYTHON_LAYERS).
     """
 
     type = "Python"
     param_field = "python_param"
     bottoms = (0, None)
     tops = (0, None)
+
+    def for_layer(self, proto: Any) -> LayerDef:
+        p = proto.python_param
+        return NATIVE_PYTHON_LAYERS.get((p.module, p.layer), self)
 
     def shapes(self, ctx: ShapeContext) -> list[Shape]:
         p = ctx.param
@@ -251,12 +271,17 @@ class DummyData(LayerDef):
                         "give it once or once per top",
                         f,
                     )
-            return [tuple(_pick(getattr(p, f), i) for f in legacy) for i in range(tops)]
-        if len(p.shape) not in (1, tops):
+            shapes = [tuple(_pick(getattr(p, f), i) for f in legacy) for i in range(tops)]
+        elif len(p.shape) not in (1, tops):
             ctx.fail(
                 f"{len(p.shape)} shapes for {tops} tops; give one shape or one per top", "shape"
             )
-        return [tuple(_pick(p.shape, i).dim) for i in range(tops)]
+        else:
+            shapes = [tuple(_pick(p.shape, i).dim) for i in range(tops)]
+        fillers = [_pick(p.data_filler, i) if len(p.data_filler) else None for i in range(tops)]
+        names = (f"data_filler of top {i}" for i in range(tops))
+        check_fillers(ctx, zip(names, fillers, shapes, strict=True))
+        return shapes
 
     def lower(self, ctx: LowerContext) -> list[fx.Node]:
         from protocaffe.lazy import torch

@@ -21,11 +21,13 @@ from protocaffe.layers.base import (
     canonical_axis,
     checked_axis,
     count,
+    has_field,
     register,
     shape_str,
 )
 from protocaffe.lazy import F, torch
 from protocaffe.proto import caffe_pb2
+from protocaffe.proto.schema import Field, extend
 
 if TYPE_CHECKING:
     from torch import fx
@@ -65,12 +67,39 @@ def caffe_batch_norm_train(
     return centred / (var + eps).sqrt().reshape(shape)
 
 
+def nvidia_scale_bias(param: Any) -> bool:
+    """NVIDIA Caffe's BatchNorm with its own scale and bias blobs (5 blobs in all)."""
+    return bool(param.scale_bias) or any(
+        has_field(param, f) for f in ("scale_filler", "bias_filler")
+    )
+
+
+def nvidia_batch_norm(x: Any, mean: Any, var: Any, scale: Any, bias: Any, eps: float) -> Any:
+    """NVIDIA Caffe's TEST forward: the stored statistics as they are (no factor blob)."""
+    return F.batch_norm(x, mean, var, scale, bias, False, 0.0, max(eps, NVIDIA_MIN_EPS))
+
+
+NVIDIA_MIN_EPS = 1e-5  # NVIDIA Caffe raises eps to cuDNN's minimum
+
+extend(
+    "BatchNormParameter",
+    Field("scale_filler", 5, "FillerParameter"),
+    Field("bias_filler", 6, "FillerParameter"),
+    Field("scale_bias", 7, "bool", default=False),
+    dialects=("nvidia", "opencv"),
+)
+
+
 @register
 class BatchNorm(Pointwise):
     """y = (x - mean) / sqrt(var + eps) per channel (axis 1).
 
     Blobs: mean*f, variance*f and [f]; the stored statistics are blob / f, and f == 0 means
     "no statistics yet", which Caffe turns into a zero mean and variance.
+
+    NVIDIA Caffe's `scale_bias: true` (or a scale_filler/bias_filler) adds blobs 3 and 4, a
+    per-channel scale and bias applied after normalising; that fork (and OpenCV, for 5 blobs)
+    reads the statistics without the factor blob and raises eps to at least 1e-5.
     """
 
     type = "BatchNorm"
@@ -78,6 +107,15 @@ class BatchNorm(Pointwise):
 
     def check(self, ctx: ShapeContext) -> None:
         require_channel_axis(ctx)
+        eps = ctx.param.eps
+        if not eps >= 0:  # NaN too
+            # Caffe has no CHECK here, but divides by sqrt(var + eps): NaN wherever a
+            # channel's variance is below -eps (and torch's batch_norm refuses it).
+            ctx.fail(
+                f"eps must not be negative, got {eps:g}",
+                "eps",
+                hint="BatchNorm divides by sqrt(variance + eps); Caffe's default is 1e-5",
+            )
         # Caffe masks the statistics from the solver and refuses a param spec that would not.
         for i, spec in enumerate(ctx.layer.proto.param[:3]):
             if spec.lr_mult != 0:
@@ -92,11 +130,19 @@ class BatchNorm(Pointwise):
 
     def blobs(self, ctx: ShapeContext) -> list[BlobSpec]:
         channels = ctx.bottoms[0][1]
-        return [
+        specs = [
             BlobSpec("mean", (channels,), learnable=False),
             BlobSpec("variance", (channels,), learnable=False),
             BlobSpec("scale_factor", (1,), learnable=False),
         ]
+        p = ctx.param
+        if nvidia_scale_bias(p):
+            one = caffe_pb2.FillerParameter(type="constant", value=1.0)
+            scale = p.scale_filler if has_field(p, "scale_filler") else one
+            specs += [BlobSpec("scale", (channels,), scale), BlobSpec("bias", (channels,))]
+            if has_field(p, "bias_filler"):
+                specs[-1] = BlobSpec("bias", (channels,), p.bias_filler)
+        return specs
 
     def macs(self, ctx: ShapeContext, tops: list[Shape]) -> int:
         return count(tops[0])
@@ -104,6 +150,15 @@ class BatchNorm(Pointwise):
     def emit(self, ctx: LowerContext, x: fx.Node) -> fx.Node:
         p = ctx.param
         mean, var, factor = (ctx.blob(n) for n in ("mean", "variance", "scale_factor"))
+        if nvidia_scale_bias(p):
+            scale, bias = ctx.blob("scale"), ctx.blob("bias")
+            if uses_global_stats(p, ctx.phase):
+                return ctx.call(nvidia_batch_norm, x, mean, var, scale, bias, p.eps)
+            args = (x, mean, var, factor, p.moving_average_fraction, p.eps)
+            y = ctx.call(caffe_batch_norm_train, *args)
+            shape = (1, -1) + (1,) * (len(ctx.bottom_shapes[0]) - 2)
+            s = ctx.call(torch.reshape, scale, shape)
+            return ctx.call(torch.addcmul, ctx.call(torch.reshape, bias, shape), y, s)
         if not uses_global_stats(p, ctx.phase):
             args = (x, mean, var, factor, p.moving_average_fraction, p.eps)
             return ctx.call(caffe_batch_norm_train, *args)
@@ -122,6 +177,11 @@ class BatchNorm(Pointwise):
         x = inputs[0].astype(np.float64)
         axes = _stat_axes(x.ndim)
         shape = (1, -1) + (1,) * (x.ndim - 2)
+        if uses_global_stats(p, ctx.phase) and nvidia_scale_bias(p):
+            mean, var = (b.reshape(shape) for b in blobs[:2])
+            y = (x - mean) / np.sqrt(var + max(p.eps, NVIDIA_MIN_EPS))
+            y = y * blobs[3].reshape(shape) + blobs[4].reshape(shape)
+            return [y.astype(inputs[0].dtype)]
         if uses_global_stats(p, ctx.phase):
             f = float(blobs[2].reshape(-1)[0])
             s = 0.0 if f == 0 else 1.0 / f
@@ -135,6 +195,8 @@ class BatchNorm(Pointwise):
             blobs[0][...] = blobs[0] * maf + mean
             blobs[1][...] = blobs[1] * maf + var * (m / (m - 1) if m > 1 else 1.0)
         y = (x - mean.reshape(shape)) / np.sqrt(var.reshape(shape) + p.eps)
+        if nvidia_scale_bias(p):
+            y = y * blobs[3].reshape(shape) + blobs[4].reshape(shape)
         return [y.astype(inputs[0].dtype)]
 
 
