@@ -31,6 +31,7 @@ _EXPORTS = {
     "Solver": "protocaffe.train.solver",
     "InputShapeError": "protocaffe.runtime.guards",
     "ResourceError": "protocaffe.runtime.guards",
+    "layer": "protocaffe.plugins",
 }
 
 __all__ = ["__version__", *_EXPORTS]

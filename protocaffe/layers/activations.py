@@ -31,9 +31,16 @@ from protocaffe.layers.base import (
 )
 from protocaffe.lazy import F, torch
 from protocaffe.proto import caffe_pb2
+from protocaffe.proto.schema import Field, extend
 
 if TYPE_CHECKING:
     from torch import fx
+
+extend(
+    "DropoutParameter",
+    Field("scale_train", 2, "bool", default=True, dialects=("frcnn", "opencv")),
+    Field("sample_weights_test", 2, "bool", default=False, dialects=("segnet",)),
+)
 
 
 def require_channel_axis(ctx: ShapeContext) -> None:
@@ -312,7 +319,12 @@ class Threshold(Pointwise):
 
 @register
 class Dropout(Pointwise):
-    """TRAIN: y = x * mask * 1/(1-p) with mask ~ Bernoulli(1-p); TEST: y = x."""
+    """TRAIN: y = x * mask * 1/(1-p) with mask ~ Bernoulli(1-p); TEST: y = x.
+
+    Two forks' fields: Faster R-CNN's (and OpenCV's) `scale_train: false` drops the 1/(1-p)
+    at TRAIN and multiplies by (1-p) at TEST instead; Bayesian SegNet's
+    `sample_weights_test: true` samples a mask at TEST too (Monte Carlo dropout).
+    """
 
     type = "Dropout"
     param_field = "dropout_param"
@@ -321,17 +333,32 @@ class Dropout(Pointwise):
         ratio = ctx.param.dropout_ratio
         if not 0 <= ratio < 1:
             ctx.fail(f"dropout_ratio must be in [0, 1), got {ratio:g}", "dropout_ratio")
+        if ctx.phase != caffe_pb2.TRAIN and ctx.param.sample_weights_test:
+            ctx.note(
+                "samples a dropout mask at TEST too (Bayesian SegNet's sample_weights_test): "
+                "outputs are random",
+                "sample_weights_test",
+            )
+
+    @staticmethod
+    def samples(ctx: ShapeContext | LowerContext) -> bool:
+        return ctx.phase == caffe_pb2.TRAIN or ctx.param.sample_weights_test
 
     def emit(self, ctx: LowerContext, x: fx.Node) -> fx.Node:
-        if ctx.phase == caffe_pb2.TRAIN:
-            ratio = ctx.param.dropout_ratio
-            return ctx.call(F.dropout, x, ratio, training=True, inplace=ctx.can_modify_input(0))
+        p = ctx.param
+        if self.samples(ctx):
+            y = ctx.call(F.dropout, x, p.dropout_ratio, True, ctx.can_modify_input(0))
+            if p.scale_train:
+                return y
+            return ctx.call(torch.mul, y, 1 - p.dropout_ratio)  # undo F.dropout's 1/(1-p)
+        if not p.scale_train:
+            return ctx.call(torch.mul, x, 1 - p.dropout_ratio)
         return x  # the lowering builder tracks aliases before allowing in-place ops
 
     def compute(self, ctx, x, blobs):
-        if ctx.phase == caffe_pb2.TRAIN:
-            raise NotImplementedError("Dropout at TRAIN is random; test it statistically")
-        return x
+        if self.samples(ctx):
+            raise NotImplementedError("sampled Dropout is random; test it statistically")
+        return x if ctx.param.scale_train else x * (1 - np.float32(ctx.param.dropout_ratio))
 
 
 @register

@@ -20,14 +20,36 @@ from protocaffe.layers._spatial import (
     pool_out,
     pool_window,
 )
-from protocaffe.layers.base import Affine, LayerDef, Shape, ShapeContext, register, shape_str
+from protocaffe.layers.base import (
+    Affine,
+    LayerDef,
+    Shape,
+    ShapeContext,
+    has_field,
+    register,
+    shape_str,
+)
+from protocaffe.proto.schema import Field, extend
 
 if TYPE_CHECKING:
+    from typing import Any
+
     from torch import fx
 
     from protocaffe.layers.base import LowerContext
 
 CEIL = 0  # PoolingParameter.RoundMode.CEIL; FLOOR is 1
+
+# OpenCV's (and BVLC PR #3057's) spelling of round_mode: a bool at the same field number whose
+# wire values are inverted (ceil_mode: true is 1, round_mode: CEIL is 0). Text reads names.
+extend("PoolingParameter", Field("ceil_mode", 13, "bool", default=True), dialects=("opencv",))
+
+
+def ceil_rounding(param: Any) -> bool:
+    """Whether the output size rounds up: ceil_mode when the file sets it, else round_mode."""
+    if has_field(param, "ceil_mode"):
+        return bool(param.ceil_mode)
+    return param.round_mode == CEIL
 
 
 @register
@@ -45,7 +67,15 @@ class Pooling(LayerDef):
             )
         p = ctx.param
         window = pool_window(p, bottom[2:], ctx.fail)
-        ceil = p.round_mode == CEIL
+        both = has_field(p, "ceil_mode") and has_field(p, "round_mode")
+        if both and p.ceil_mode != (p.round_mode == CEIL):
+            ctx.fail(
+                f"ceil_mode: {str(p.ceil_mode).lower()} contradicts round_mode: "
+                f"{'CEIL' if p.round_mode == CEIL else 'FLOOR'}",
+                "ceil_mode",
+                hint="ceil_mode (OpenCV) and round_mode (BVLC) name one setting; keep one",
+            )
+        ceil = ceil_rounding(p)
         clip = any(window.pad)  # Caffe: `if (pad_h_ || pad_w_)` clips both axes
         out = [
             pool_out(n, k, s, q, ceil, clip)
@@ -78,7 +108,7 @@ class Pooling(LayerDef):
 
     def explain(self, ctx: ShapeContext) -> list[str]:
         window, out = self.geometry(ctx)
-        ceil = ctx.param.round_mode == CEIL
+        ceil = ceil_rounding(ctx.param)
         lines = []
         for i, name in enumerate(("height", "width")):
             n, k, s, q = ctx.bottoms[0][2 + i], window.kernel[i], window.stride[i], window.pad[i]
@@ -104,7 +134,7 @@ class Pooling(LayerDef):
             window,
             size,
             out,
-            ceil=p.round_mode == CEIL,
+            ceil=ceil_rounding(p),
             return_mask=len(ctx.top_shapes) == 2,
         )
 
