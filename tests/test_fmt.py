@@ -154,3 +154,121 @@ def test_fmt_reports_errors_and_usage(tmp_path: Path, capsys: pytest.CaptureFixt
     # A file that cannot be read is a bad input (exit 1), as in `compile` and `upgrade`.
     assert main(["fmt", str(tmp_path / "missing.prototxt")]) == 1
     assert "cannot read" in capsys.readouterr().err
+
+
+# --- comments -------------------------------------------------------------------------------
+
+COMMENTED = """\
+# header: what this net is
+name: "c"  # the name
+layer {  # the first layer
+  name: "a"
+  # before type
+  type: "ReLU"
+  bottom: "x" top: "y"  # io
+  relu_param { negative_slope: 0.1 }  # leaky
+  # the last words of the layer
+}  # after the layer
+layer { name: "b" type: "Input" top: "x"
+  input_param { shape { dim: 1 dim: 3 } }  # one shape
+}
+# the end
+"""
+
+COMMENTED_CANONICAL = """\
+# header: what this net is
+name: "c"  # the name
+layer {  # the first layer
+  name: "a"
+  # before type
+  type: "ReLU"
+  bottom: "x"
+  top: "y"  # io
+  relu_param {
+    negative_slope: 0.1
+  }  # leaky
+  # the last words of the layer
+}  # after the layer
+layer {
+  name: "b"
+  type: "Input"
+  top: "x"
+  input_param {
+    shape {
+      dim: 1
+      dim: 3
+    }
+  }  # one shape
+}
+# the end
+"""
+
+
+def test_comments_are_kept_next_to_their_fields() -> None:
+    from protocaffe.frontend.printer import format_parsed
+
+    text, dropped = format_parsed(parse_text(COMMENTED, "c.prototxt"))
+    assert dropped == []
+    assert text == COMMENTED_CANONICAL
+    again, _ = format_parsed(parse_text(text, "c.prototxt"))
+    assert again == text  # stable
+
+
+def test_comments_move_with_reordered_fields() -> None:
+    from protocaffe.frontend.printer import format_parsed
+
+    text = 'layer {\n  top: "t"  # out\n  # the name\n  name: "n"\n}\n'
+    out, _ = format_parsed(parse_text(text))
+    assert out == 'layer {\n  # the name\n  name: "n"\n  top: "t"  # out\n}\n'
+
+
+def test_comment_inside_an_empty_block_is_kept() -> None:
+    from protocaffe.frontend.printer import format_parsed
+
+    out, dropped = format_parsed(parse_text('layer { name: "d" dropout_param {\n  # none\n} }'))
+    assert dropped == [] and "  dropout_param {\n    # none\n  }\n" in out
+
+
+def test_fmt_in_place(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    path = tmp_path / "c.prototxt"
+    path.write_text(COMMENTED)
+    assert main(["fmt", "--in-place", str(path)]) == 0
+    assert path.read_text() == COMMENTED_CANONICAL
+    assert capsys.readouterr().out == ""
+    assert main(["fmt", "--check", str(path)]) == 0
+
+
+@pytest.mark.parametrize(
+    "argv", [["--in-place", "-o", "x.prototxt"], ["--check", "--in-place"], ["--check", "-o", "x"]]
+)
+def test_fmt_output_modes_exclude_each_other(argv: list[str], tmp_path: Path) -> None:
+    path = tmp_path / "c.prototxt"
+    path.write_text('name: "c"\n')
+    with pytest.raises(SystemExit) as info:
+        main(["fmt", *argv, str(path)])
+    assert info.value.code == 2
+
+
+def test_fmt_reads_stdin(monkeypatch, capsys: pytest.CaptureFixture) -> None:
+    import io
+    import sys
+
+    from protocaffe.frontend import loader
+
+    loader._stdin_bytes.cache_clear()
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(b"name:'s'  # n\n")))
+    try:
+        assert main(["fmt", "-"]) == 0
+        assert capsys.readouterr().out == 'name: "s"  # n\n'
+        assert main(["fmt", "--in-place", "-"]) == 2
+    finally:
+        loader._stdin_bytes.cache_clear()
+
+
+SHIPPED = ["fcn8s.prototxt", "fcn16s.prototxt", "fcn32s.prototxt"]
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_shipped_models_are_canonical(name: str) -> None:
+    path = Path(__file__).resolve().parents[1] / "models" / name
+    assert main(["fmt", "--check", str(path)]) == 0
