@@ -10,7 +10,12 @@ from protocaffe.ir.graph import Graph
 from protocaffe.proto import caffe_pb2
 
 
-def compile_snippet(text: str, inputs: Mapping[str, tuple[int, ...]], phase: str = "TEST") -> Graph:
+def compile_snippet(
+    text: str,
+    inputs: Mapping[str, tuple[int, ...]],
+    phase: str = "TEST",
+    dialect: str | None = None,
+) -> Graph:
     """Compile `text` (one or more `layer { ... }` blocks) after one Input layer per blob.
 
     Spans in diagnostics point into `text` itself (file name `<snippet>`, its own line numbers):
@@ -26,7 +31,7 @@ def compile_snippet(text: str, inputs: Mapping[str, tuple[int, ...]], phase: str
     mapping = {("layer", i): ("layer", i + k) for i in range(len(parsed.message.layer))}
     parsed.message = net
     parsed.source_map = parsed.source_map.remap(mapping)
-    return build_graph(parsed, phase=phase)
+    return build_graph(parsed, phase=phase, dialect=dialect)
 
 
 def run_snippet(
@@ -37,6 +42,7 @@ def run_snippet(
     phase: str = "TEST",
     outputs: list[str] | None = None,
     dtype: object = None,
+    dialect: str | None = None,
 ) -> dict[str, object]:
     """Compile `text` against `inputs` (numpy arrays by blob name), lower it and run it on CPU.
 
@@ -52,7 +58,9 @@ def run_snippet(
     from protocaffe.runtime.caffemodel import assign_blobs
 
     arrays = {name: np.asarray(a) for name, a in inputs.items()}
-    graph = compile_snippet(text, {name: a.shape for name, a in arrays.items()}, phase=phase)
+    graph = compile_snippet(
+        text, {name: a.shape for name, a in arrays.items()}, phase=phase, dialect=dialect
+    )
     dtype = dtype or torch.float32
     module = lower_graph(graph, dtype=dtype, seed=seed, outputs=outputs)
     if blobs:

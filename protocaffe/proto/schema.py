@@ -74,7 +74,8 @@ _PACKAGE = "caffe"
 @dataclass(frozen=True)
 class Field:
     """One field: `type` is a scalar ("float", "int32", ...), a message name ("FillerParameter",
-    or one declared earlier) or an enum declared in the same message. `number` is the fork's."""
+    or one declared earlier), an enum declared in the same message, or another message's enum
+    ("PriorBoxParameter.CodeType"). `number` is the fork's."""
 
     name: str
     number: int
@@ -253,6 +254,9 @@ def _field_proto(
     proto = _FDP(name=f.name, number=number, label=label)
     if f.type in _SCALARS:
         proto.type = _SCALARS[f.type]
+    elif "." in f.type:  # another message's enum: "PriorBoxParameter.CodeType"
+        proto.type = _FDP.TYPE_ENUM
+        proto.type_name = f".{_PACKAGE}.{f.type}"
     elif enum_type is not None:
         proto.type = _FDP.TYPE_ENUM
         proto.type_name = enum_type
