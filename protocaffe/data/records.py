@@ -112,31 +112,74 @@ def decode_datum(
 
 
 def decode_image(data: bytes, where: str, color: bool | None = True) -> np.ndarray:
-    """Image file bytes -> CxHxW uint8 as OpenCV decodes them for Caffe: BGR colour, or one
-    grey channel; `color=None` keeps the file's own channels (cv::IMREAD_ANYCOLOR)."""
-    import cv2
-
+    """Image file bytes -> CxHxW uint8 as Caffe's cv::imdecode gives them: BGR colour, or one
+    grey channel; `color=None` keeps the file's own channels (grey or BGR). OpenCV decodes
+    when installed (Caffe's own decoder), else PIL."""
+    try:
+        import cv2
+    except ImportError:
+        return _pil_decode(data, where, color)
     flags = {True: cv2.IMREAD_COLOR, False: cv2.IMREAD_GRAYSCALE, None: cv2.IMREAD_ANYCOLOR}
     img = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), flags[color])
     if img is None:
         raise input_error(f"{where}: cannot decode the image")
-    return img[None] if img.ndim == 2 else np.ascontiguousarray(img.transpose(2, 0, 1))
+    return _chw(img)
+
+
+def _pil_decode(data: bytes, where: str, color: bool | None) -> np.ndarray:
+    import io
+
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            grey = color is False or (color is None and im.mode in ("L", "1", "I;16"))
+            img = np.asarray(im.convert("L" if grey else "RGB"))
+    except (UnidentifiedImageError, OSError) as err:
+        raise input_error(f"{where}: cannot decode the image: {err}") from None
+    return _chw(img if grey else img[:, :, ::-1])
+
+
+def _chw(hwc: np.ndarray) -> np.ndarray:
+    return hwc[None] if hwc.ndim == 2 else np.ascontiguousarray(hwc.transpose(2, 0, 1))
 
 
 def read_image(path: str, where: str, color: bool, size: tuple[int, int] | None) -> np.ndarray:
-    """An image file as Caffe's ReadImageToCVMat gives it: BGR (or grey), resized with
-    cv::resize's bilinear default to `size` (height, width) when given; CxHxW uint8."""
+    """An image file as Caffe's ReadImageToCVMat gives it: BGR (or grey), resized bilinearly
+    (cv::resize's default; PIL's bilinear without OpenCV) to `size` (height, width) when
+    given; CxHxW uint8."""
     try:
         data = Path(path).read_bytes()
     except OSError as err:
         raise input_error(f"{where}: cannot read image {path}: {err.strerror or err}") from None
     chw = decode_image(data, f"{where} ({path})", color)
-    if size is None:
+    if size is None or chw.shape[1:] == size:
         return chw
-    import cv2
+    hwc = np.ascontiguousarray(chw.transpose(1, 2, 0))
+    try:
+        import cv2
 
-    hwc = cv2.resize(np.ascontiguousarray(chw.transpose(1, 2, 0)), (size[1], size[0]))
-    return hwc[None] if hwc.ndim == 2 else np.ascontiguousarray(hwc.transpose(2, 0, 1))
+        resized = cv2.resize(hwc, (size[1], size[0]))
+    except ImportError:
+        from PIL import Image
+
+        planes = [Image.fromarray(hwc[:, :, c]) for c in range(hwc.shape[2])]
+        resized = np.stack(
+            [np.asarray(p.resize((size[1], size[0]), Image.BILINEAR)) for p in planes], axis=2
+        )
+    return _chw(resized)
+
+
+def image_shape(path: str, where: str, color: bool) -> tuple[int, int, int]:
+    """(C, H, W) an image file will give, from its header."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as im:
+            width, height = im.size
+    except (UnidentifiedImageError, OSError) as err:
+        raise input_error(f"{where}: cannot read image {path}: {err}") from None
+    return (3 if color else 1, height, width)
 
 
 def read_text(source: str, what: str, span: Span | None = None) -> str:

@@ -15,9 +15,12 @@ DummyData is not an input: it lowers to tensors made by its fillers on every for
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from pathlib import Path
 from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any
 
+from protocaffe.diagnostics import CompileError
 from protocaffe.layers.base import LayerDef, LowerContext, Shape, ShapeContext, register
 from protocaffe.lower.fillers import check_fillers
 
@@ -99,6 +102,19 @@ def _crop(ctx: ShapeContext) -> int:
     return ctx.layer.proto.transform_param.crop_size
 
 
+def _first_record(ctx: ShapeContext, read: Callable[[], Any]) -> Any:
+    """The item shape `read` gets from the layer's source, when it exists and no --input
+    replaces it (Caffe's setup reads it the same way); a bad source is this layer's error."""
+    source = ctx.param.source
+    if _overridden(ctx) or not source or not Path(source).exists():
+        return None
+    try:
+        return read()
+    except CompileError as err:
+        first = err.diagnostics[0]
+        ctx.fail(first.message, "source", hint=first.hint)
+
+
 def _reader_tops(ctx: ShapeContext, data: Guess, why: str) -> list[Shape]:
     """[data, label] tops of a database/file reader; the label is one value per item."""
     n = _batch(ctx)
@@ -117,9 +133,21 @@ class Data(_Input):
     tops = (1, 2)
 
     def shapes(self, ctx: ShapeContext) -> list[Shape]:
-        crop = _crop(ctx)
-        data = _template(_batch(ctx), None, crop, crop)
+        crop, n = _crop(ctx), _batch(ctx)
+        item = _first_record(ctx, lambda: _first_datum(ctx))
+        data: Guess = _template(n, None, crop, crop)
+        if item and n > 0:
+            data = (n, item[0], crop, crop) if crop else (n, *item)
         return _reader_tops(ctx, data, "the data shape is read from the database at run time")
+
+
+def _first_datum(ctx: ShapeContext) -> Shape:
+    from protocaffe.data import records
+
+    p, t = ctx.param, ctx.layer.proto.transform_param
+    key, value = records.first_record(p.source, p.backend)
+    where = f"{p.source} record {key.decode(errors='replace')}"
+    return records.decode_datum(value, where, t.force_color, t.force_gray)[0].shape
 
 
 @register
@@ -140,8 +168,19 @@ class ImageData(_Input):
             )
         n, c, crop = p.batch_size, 3 if p.is_color else 1, _crop(ctx)
         h, w = (crop, crop) if crop else (p.new_height, p.new_width)
+        if h <= 0:
+            item = _first_record(ctx, lambda: _first_image(ctx))
+            h, w = item[1:] if item else (h, w)
         data: Guess = (n, c, h, w) if n > 0 and h > 0 else _template(n, c, h, w)
         return _reader_tops(ctx, data, "the image size is read from the first image at run time")
+
+
+def _first_image(ctx: ShapeContext) -> Shape:
+    from protocaffe.data import records
+
+    p = ctx.param
+    path, _ = records.read_labelled_list(p.source)[0]
+    return records.image_shape(p.root_folder + path, f"{p.source}:1", p.is_color)
 
 
 @register
@@ -194,12 +233,20 @@ class HDF5Data(_Input):
     def shapes(self, ctx: ShapeContext) -> list[Shape]:
         n = _batch(ctx)
         template = f"{n},..." if n > 0 else "N,..."
+        rows = _first_record(ctx, lambda: _first_rows(ctx)) if n > 0 else None
         return resolve(
             ctx,
-            [template] * len(ctx.layer.tops),
+            [(n, *row) for row in rows] if rows else [template] * len(ctx.layer.tops),
             "shapes come from the HDF5 datasets at run time",
             "source",
         )
+
+
+def _first_rows(ctx: ShapeContext) -> Any:
+    from protocaffe.data import records
+
+    first = records.read_list(ctx.param.source)[0]
+    return records.hdf5_row_shapes(first, list(ctx.layer.tops))
 
 
 # Python layers that protocaffe runs natively, by (module, layer) as python_param names them.
