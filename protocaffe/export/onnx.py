@@ -33,8 +33,60 @@ def save_onnx(exported: Exported, path: str, opset: int = OPSET) -> Any:
             input_names=exported.input_names,
             output_names=exported.output_names,
         )
-    program.save(path)
-    return onnx.load(path, load_external_data=False)
+    model = program.model_proto
+    explicit_ceil_pads(model)
+    onnx.save(model, path)
+    return model
+
+
+def _dims(value_info: Any) -> list[int | None]:
+    dims = value_info.type.tensor_type.shape.dim
+    return [d.dim_value if d.HasField("dim_value") else None for d in dims]
+
+
+def explicit_ceil_pads(model: Any) -> None:
+    """Rewrite ceil-mode pooling of known sizes as floor mode with the end padding that gives
+    the same windows.
+
+    Caffe (and PyTorch, and onnxruntime's kernels) drop a last window that would start in the
+    padding; ONNX's shape inference does not, so a static model declares e.g. 6x6 where the
+    inference says 7x7, and onnxruntime refuses the model where the two meet. With the end pad
+    chosen so that the last window ends where Caffe's does, floor mode computes the same output
+    (values, and AVE's divisor, which then never reaches past Caffe's clipped window).
+    """
+    from onnx import helper
+
+    graph = model.graph
+    shapes = {vi.name: _dims(vi) for vi in [*graph.input, *graph.value_info, *graph.output]}
+    for node in graph.node:
+        if node.op_type not in ("MaxPool", "AveragePool"):
+            continue
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        ins, outs = shapes.get(node.input[0]), shapes.get(node.output[0])
+        if not attrs.get("ceil_mode") or not ins or not outs:
+            continue
+        spatial_in, spatial_out = ins[2:], outs[2:]
+        if None in spatial_in or None in spatial_out:
+            continue
+        kernel = attrs["kernel_shape"]
+        n = len(kernel)
+        strides = attrs.get("strides", [1] * n)
+        dilations = attrs.get("dilations", [1] * n)
+        pads = list(attrs.get("pads", [0] * 2 * n))
+        ends = [
+            (spatial_out[i] - 1) * strides[i]
+            + (kernel[i] - 1) * dilations[i]
+            + 1
+            - spatial_in[i]
+            - pads[i]
+            for i in range(n)
+        ]
+        if any(e < 0 for e in ends):
+            continue
+        kept = [a for a in node.attribute if a.name not in ("ceil_mode", "pads")]
+        del node.attribute[:]
+        node.attribute.extend(kept)
+        node.attribute.append(helper.make_attribute("pads", pads[:n] + ends))
 
 
 def layer_ops(model: Any, exported: Exported) -> dict[str, list[str]]:

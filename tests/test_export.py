@@ -1,0 +1,199 @@
+"""ONNX and torch.export: the exported programs compute what protocaffe computes.
+
+protocaffe's own output is the reference here (its layers are checked against numpy oracles
+of Caffe's loops elsewhere); the nets below are chosen so that the layers whose Caffe semantics
+differ from PyTorch's defaults (ceil pooling with the clip rule, AVE's divisor, Crop offsets,
+LRN in both regions, BatchNorm's scale factor) have to survive the export. The whole corpus
+sweep is `slow`; the default suite keeps a representative few.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from _corpus import CORPUS
+
+import protocaffe
+from protocaffe.cli import main
+from protocaffe.diagnostics import CompileError
+from protocaffe.export.onnx import check_onnx, layer_ops, save_onnx
+from protocaffe.export.program import export_program
+
+ROOT = Path(__file__).resolve().parents[1]
+TOLERANCE = 1e-4  # of the output's scale
+
+SEMANTICS = """
+name: "caffe_semantics"
+layer { name: "in" type: "Input" top: "data"
+        input_param { shape { dim: 1 dim: 4 dim: 13 dim: 13 } } }
+layer { name: "conv" type: "Convolution" bottom: "data" top: "conv"
+        convolution_param { num_output: 6 kernel_size: 3 weight_filler { type: "gaussian" std: 0.3 }
+                            bias_filler { type: "gaussian" std: 0.1 } } }
+layer { name: "bn" type: "BatchNorm" bottom: "conv" top: "conv" }
+layer { name: "ceil_clip" type: "Pooling" bottom: "conv" top: "p1"
+        pooling_param { pool: MAX kernel_size: 2 stride: 2 pad: 1 } }
+layer { name: "ave" type: "Pooling" bottom: "conv" top: "p2"
+        pooling_param { pool: AVE kernel_size: 3 stride: 2 pad: 1 } }
+layer { name: "lrn_across" type: "LRN" bottom: "p1" top: "l1"
+        lrn_param { local_size: 5 alpha: 0.5 beta: 0.75 k: 2 } }
+layer { name: "lrn_within" type: "LRN" bottom: "p2" top: "l2"
+        lrn_param { local_size: 3 alpha: 0.5 beta: 0.75 norm_region: WITHIN_CHANNEL } }
+layer { name: "up" type: "Deconvolution" bottom: "l2" top: "up"
+        convolution_param { num_output: 6 kernel_size: 4 stride: 2
+                            weight_filler { type: "gaussian" std: 0.3 } } }
+layer { name: "crop" type: "Crop" bottom: "up" bottom: "l1" top: "crop"
+        crop_param { axis: 2 offset: 1 } }
+layer { name: "sum" type: "Eltwise" bottom: "crop" bottom: "l1" top: "out" }
+"""
+
+
+def _onnx_checks(module, tmp_path: Path, dynamic: set[str], other: list) -> list:
+    exported = export_program(module, dynamic)
+    path = str(tmp_path / "net.onnx")
+    model = save_onnx(exported, path)
+    checks = check_onnx(path, exported, [list(exported.module.input_shapes), *other])
+    return exported, model, checks
+
+
+@pytest.fixture
+def semantics_net(tmp_path: Path) -> Path:
+    path = tmp_path / "semantics.prototxt"
+    path.write_text(SEMANTICS)
+    return path
+
+
+def _set_batch_norm_statistics(module) -> None:
+    bn = module.layer_module("bn")
+    with torch.no_grad():
+        bn.mean.copy_(torch.linspace(-1, 1, 6) * 2.5)
+        bn.variance.copy_(torch.linspace(0.5, 2, 6) * 2.5)
+        bn.scale_factor.fill_(2.5)  # the stored statistics are blob / 2.5
+
+
+def test_caffe_semantics_survive_onnx(semantics_net: Path, tmp_path: Path) -> None:
+    module = protocaffe.load(semantics_net, device="cpu", seed=3)
+    _set_batch_norm_statistics(module)
+    exported, model, checks = _onnx_checks(module, tmp_path, {"batch", "hw"}, [[(3, 4, 17, 21)]])
+    assert model.opset_import[0].version >= 17
+    assert exported.dynamic == {"data": [0, 2, 3]}
+    assert [c.shapes for c in checks] == [[(2, 4, 13, 13)], [(3, 4, 17, 21)]]
+    for c in checks:
+        assert c.max_error <= TOLERANCE, c
+    ops = layer_ops(model, exported)
+    assert ops["ceil_clip"] == ["MaxPool"] and "Slice" in ops["crop"]
+    # The exporter's optimiser may fuse the TEST-time BatchNorm into the convolution.
+    assert "Conv" in ops["conv"] + ops["bn"]
+
+
+def test_fold_bn_export_matches(semantics_net: Path, tmp_path: Path) -> None:
+    module = protocaffe.load(semantics_net, device="cpu", seed=3)
+    _set_batch_norm_statistics(module)
+    folded = protocaffe.load(semantics_net, device="cpu", seed=3, fold_bn=True)
+    assert folded.folded_layers == ["bn"]
+    exported, model, checks = _onnx_checks(folded, tmp_path, {"batch"}, [])
+    assert "bn" not in layer_ops(model, exported)
+    assert checks[0].max_error <= TOLERANCE
+
+
+@pytest.mark.slow  # VGG-sized weights: about a minute on a busy 2-core machine
+def test_fcn8s_dynamic_hw_crop_is_shape_derived(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "fcn.onnx"
+    argv = ["export", str(ROOT / "models/fcn8s.prototxt"), "--input", "data=1,3,64,80"]
+    assert main([*argv, "--dynamic", "hw", "--onnx", str(out), "--report"]) == 0
+    text = capsys.readouterr().out
+    assert "inputs data: Nx3xHxW" in text
+    # Checked at the traced size and at another batch, height and width.
+    assert "onnxruntime 2x3x64x80: max error" in text and "onnxruntime 3x3x71x87" in text
+    assert "score_pool4c    Crop           Slice" in text or "Crop" in text
+    import onnx
+
+    model = onnx.load(str(out))
+    dims = model.graph.output[0].type.tensor_type.shape.dim
+    assert [d.HasField("dim_param") for d in dims] == [True, False, True, True]
+
+
+def test_dynamic_hw_names_the_pinning_layer(tmp_path: Path, capsys) -> None:
+    net = CORPUS / "BVLC__caffe/models__bvlc_alexnet__deploy.prototxt"
+    if not net.is_file():
+        pytest.skip(f"corpus not found at {CORPUS}")
+    code = main(["export", str(net), "--dynamic", "hw", "--onnx", str(tmp_path / "a.onnx")])
+    assert code == 1
+    err = capsys.readouterr().err
+    assert "InnerProduct layer 'fc6' has blobs whose shape follows the input size" in err
+    assert ":192:3:" in err and not (tmp_path / "a.onnx").exists()
+
+
+@pytest.mark.slow  # a second Python that imports torch
+def test_torch_export_runs_without_protocaffe(semantics_net: Path, tmp_path: Path) -> None:
+    out = tmp_path / "net.pt2"
+    assert main(["export", str(semantics_net), "--torch-export", str(out), "--seed", "3"]) == 0
+    x = torch.randn(3, 4, 13, 13)
+    torch.save(x, tmp_path / "x.pt")
+    script = (
+        "import sys; sys.modules['protocaffe'] = None\n"  # any import of it would fail
+        "import torch\n"
+        f"p = torch.export.load({str(out)!r})\n"
+        f"(y,) = p.module()(torch.load({str(tmp_path / 'x.pt')!r}))\n"
+        f"torch.save(y, {str(tmp_path / 'y.pt')!r})\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    subprocess.run([sys.executable, "-c", script], check=True, cwd=tmp_path, env=env)
+    want = protocaffe.load(semantics_net, device="cpu", seed=3)(x)["out"]
+    got = torch.load(tmp_path / "y.pt")
+    assert (got - want).abs().max().item() <= TOLERANCE * want.abs().max().item()
+
+
+def test_export_usage_errors(semantics_net: Path, tmp_path: Path) -> None:
+    assert main(["export", str(semantics_net), "--onnx", str(tmp_path / "x.pt2")]) == 2
+    assert main(["export", str(semantics_net), "--torch-export", "x.pt2", "--report"]) == 2
+
+
+# --- the sweep ------------------------------------------------------------------------------
+
+
+def _sweep_nets() -> list[tuple[str, Path, dict]]:
+    nets = [(f"models/{p.name}", p, {}) for p in sorted((ROOT / "models").glob("*.prototxt"))]
+    if CORPUS.is_dir():
+        from test_corpus_compile import BVLC, inputs_for
+
+        nets += [(f, CORPUS / f, inputs_for(f)) for f in BVLC]
+    return nets
+
+
+def _small_batch(shapes: dict, graph_inputs) -> dict:
+    """The net's input shapes with the batch cut to 2 (a sweep over 120 nets on a shared CPU)."""
+    out = {v.blob: tuple(v.shape) for v in graph_inputs if v.shape}
+    out.update(shapes)
+    return {k: (min(s[0], 2), *s[1:]) if len(s) >= 2 else s for k, s in out.items()}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("name", "path", "shapes"), _sweep_nets(), ids=lambda v: str(v)[:70])
+def test_sweep_onnx_matches(name: str, path: Path, shapes: dict, tmp_path: Path) -> None:
+    if path.name.endswith("solver.prototxt"):
+        pytest.skip("a solver, not a net")
+    try:
+        graph = protocaffe.compile(path, input_shapes=shapes)
+        module = protocaffe.load(
+            path, device="cpu", seed=0, input_shapes=_small_batch(shapes, graph.inputs)
+        )
+    except CompileError as err:
+        first = next(d for d in err.diagnostics if d.severity == "error")
+        pytest.skip(f"does not load: {first.message[:120]}")
+    if not module.input_names:
+        pytest.skip("no inputs (data comes from a data source)")
+    try:
+        exported = export_program(module, {"batch"})
+        model_path = str(tmp_path / "net.onnx")
+        save_onnx(exported, model_path)
+    except Exception as err:  # the reason is the exporter's
+        pytest.skip(f"cannot export: {type(err).__name__}: {str(err).splitlines()[0][:160]}")
+    checks = check_onnx(model_path, exported, [list(exported.module.input_shapes)])
+    assert checks[0].max_error <= TOLERANCE, (name, checks)
