@@ -4,7 +4,7 @@ VENV    := .venv
 VPY     := $(VENV)/bin/python
 STAMP   := $(VENV)/.installed
 
-.PHONY: install test test-all lint proto demo bench clean
+.PHONY: install test test-all lint proto demo train-demo bench clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -32,10 +32,21 @@ demo: $(STAMP)
 	$(VENV)/bin/protocaffe compile models/fcn8s.prototxt --input data=1,3,500,500
 	$(VENV)/bin/protocaffe run models/fcn8s.prototxt --input examples/scene.png --labels examples/voc_classes.txt --output demo-out --seed 0
 
+# The FCN workflow end to end on a synthetic set: data, bilinear init, train, score, pictures.
+TD := demo-train
+train-demo: $(STAMP)
+	rm -rf $(TD)
+	$(VPY) -m protocaffe.fcn.synthetic $(TD)/data
+	$(VENV)/bin/protocaffe surgery interp models/fcn_demo_trainval.prototxt -o $(TD)/init.caffemodel --layers 'up*'
+	$(VENV)/bin/protocaffe train models/fcn_demo_solver.prototxt --weights $(TD)/init.caffemodel --log $(TD)/train.jsonl
+	$(VENV)/bin/protocaffe plot $(TD)/train.jsonl -o $(TD)/loss.png
+	$(VENV)/bin/protocaffe score models/fcn_demo_deploy.prototxt --weights $(TD)/snapshots/fcn_demo_iter_300.caffemodel --images $(TD)/data/val.txt --labels $(TD)/data/val_labels.txt --classes $(TD)/data/classes.txt --confusion $(TD)/confusion.png
+	$(VENV)/bin/protocaffe run models/fcn_demo_deploy.prototxt --weights $(TD)/snapshots/fcn_demo_iter_300.caffemodel --input $(TD)/data/images/val_000[0-3].png --labels $(TD)/data/classes.txt --output $(TD)/seg
+
 bench: $(STAMP)
 	$(VPY) benchmarks/bench_parse.py
 	$(VPY) benchmarks/bench_compile.py
 	$(VPY) benchmarks/bench_forward.py
 
 clean:
-	rm -rf $(VENV) build *.egg-info demo-out .pytest_cache
+	rm -rf $(VENV) build *.egg-info demo-out demo-train .pytest_cache
