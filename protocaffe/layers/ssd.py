@@ -443,7 +443,9 @@ def detection_settings(ctx: ShapeContext) -> Detection:
     if not p.normalized_bbox:
         ctx.fail("normalized_bbox: false (pixel boxes and an image-size bottom) is not supported")
     loc, conf, priors = ctx.bottoms
-    if len(priors) < 3 or priors[-2] != 2 or priors[-1] % 4:
+    # Boxes and variances; OpenCV takes boxes alone when the variance is in the target.
+    channels = (1, 2) if p.variance_encoded_in_target else (2,)
+    if len(priors) < 3 or priors[-2] not in channels or priors[-1] % 4:
         ctx.fail(f"bottom 2 (priors) must be PriorBox output [1, 2, P*4], got {shape_str(priors)}")
     num_priors = priors[-1] // 4
     if loc[0] != conf[0]:
@@ -553,11 +555,11 @@ def detect(loc: np.ndarray, conf: np.ndarray, priors: np.ndarray, d: Detection) 
     n = loc.shape[0]
     p = d.num_priors
     loc_classes = 1 if d.share_location else d.num_classes
-    prior = priors.reshape(-1, 2, p, 4)[0]
+    prior, variance = _priors_and_variances(priors, p)
     boxes = decode_boxes(
         loc.reshape(n, p, loc_classes, 4),
-        prior[0][:, None, :],
-        prior[1][:, None, :],
+        prior[:, None, :],
+        variance[:, None, :],
         d.code_type,
         d.variance_encoded,
     ).astype(np.float32)
@@ -585,6 +587,12 @@ def detect(loc: np.ndarray, conf: np.ndarray, priors: np.ndarray, d: Detection) 
             out[row] = (i, label, score, *box)
             row += 1
     return out[None, None]
+
+
+def _priors_and_variances(priors: np.ndarray, p: int) -> tuple[np.ndarray, np.ndarray]:
+    """The [P, 4] boxes and variances of image 0's priors (ones when only boxes are given)."""
+    planes = priors.reshape(-1, priors.shape[-2], p, 4)[0]
+    return planes[0], planes[1] if len(planes) == 2 else np.ones_like(planes[0])
 
 
 def detection_output(loc: Any, conf: Any, priors: Any, *settings: Any) -> Any:
@@ -627,15 +635,13 @@ class DetectionOutput(LayerDef):
         loc_classes = 1 if d.share_location else d.num_classes
         loc = loc.reshape(n, p, loc_classes, 4)
         conf = conf.reshape(n, p, d.num_classes)
-        prior = priors.reshape(-1, 2, p, 4)[0]
+        prior, variance = _priors_and_variances(priors, p)
         out = np.full((d.rows, 7), 0.0 if d.by_score else -1.0)
         row = 0
         for i in range(n):
             decoded = {}
             for c in range(loc_classes):
-                decoded[c] = [
-                    _decode_one(loc[i, k, c], prior[0, k], prior[1, k], d) for k in range(p)
-                ]
+                decoded[c] = [_decode_one(loc[i, k, c], prior[k], variance[k], d) for k in range(p)]
             indices: dict[int, list[int]] = {}
             for c in range(d.num_classes):
                 if c == d.background:
