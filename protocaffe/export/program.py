@@ -164,6 +164,7 @@ def pinning_layer(graph: Graph, kind: str) -> tuple[Layer, str] | None:
     """The first layer whose code or blobs change when the input's `kind` sizes ("batch",
     "hw") change, with why; None when the net is size-generic there."""
     from protocaffe.ir.build import rebuild_graph
+    from protocaffe.viz.model import layer_at
 
     code = _code_by_layer(graph)
     for step in (1,) if kind == "batch" else _HW_STEPS:
@@ -171,11 +172,7 @@ def pinning_layer(graph: Graph, kind: str) -> tuple[Layer, str] | None:
             other = rebuild_graph(graph, _other_sizes(graph, kind, step))
         except CompileError as err:
             first = next((d for d in err.diagnostics if d.severity == "error"), err.diagnostics[0])
-            line = first.span.line if first.span else -1
-            layer = next(
-                (la for la in graph.layers if la.span and la.span.line <= line <= la.span.end_line),
-                None,
-            )
+            layer = layer_at(graph, first.span)
             return (layer, f"fixes it ({first.message})") if layer is not None else None
         other_code = _code_by_layer(other)
         for a, b in zip(graph.layers, other.layers, strict=True):
