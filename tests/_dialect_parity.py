@@ -25,9 +25,10 @@ def opencv_parity(
     compared: list[str],
     rtol: float = 1e-4,
     atol: float = 1e-5,
+    blobs: dict[str, list[np.ndarray]] | None = None,
 ) -> None:
-    """Every blob in `compared` agrees between protocaffe (seeded filler weights) and
-    cv2.dnn on the same prototxt and weights."""
+    """Every blob in `compared` agrees between protocaffe (seeded filler weights, or `blobs`
+    by layer name) and cv2.dnn on the same prototxt and weights."""
     cv2 = pytest.importorskip("cv2")
     if not hasattr(cv2.dnn, "readNetFromCaffe"):
         pytest.skip(f"OpenCV {cv2.__version__} has no Caffe importer")
@@ -39,6 +40,10 @@ def opencv_parity(
     path = tmp_path / "net.prototxt"
     path.write_text(net_text({k: v.shape for k, v in inputs.items()}, body))
     module = protocaffe.load(path, device="cpu", seed=0)
+    if blobs:
+        from protocaffe.runtime.caffemodel import assign_blobs
+
+        assign_blobs(module, blobs)
     graph = module.caffe_graph
     every = module.with_outputs(b for layer in graph.layers for b in layer.tops)
     with torch.no_grad():
