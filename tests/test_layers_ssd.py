@@ -355,3 +355,139 @@ def test_detection_output_matches_opencv(params: str, share: bool, tmp_path: Pat
     ours = run_snippet(text, feeds, dialect="opencv")["det"]
     assert ours.shape == theirs.shape
     np.testing.assert_allclose(ours, theirs, atol=2e-6)
+
+
+# --- whole SSD-style nets -----------------------------------------------------------------
+
+G = 'weight_filler { type: "gaussian" std: 0.08 } bias_filler { type: "gaussian" std: 0.1 }'
+
+
+def conv(name: str, bottom: str, out: int, extra: str = "kernel_size: 3 pad: 1") -> str:
+    return layer(
+        name, "Convolution", [bottom], f"convolution_param {{ num_output: {out} {extra} {G} }}"
+    )
+
+
+def ssd_net(classes: int = 3) -> str:
+    """A small SSD: two feature maps (the first L2-normalised), a loc and a conf head and a
+    PriorBox per map, concatenated into DetectionOutput, as ssd_pascal.py writes them."""
+    text = (
+        'name: "tiny_ssd"\ninput: "data" input_shape { dim: 2 dim: 3 dim: 64 dim: 64 }\n'
+        + conv("conv1", "data", 8, "kernel_size: 3 pad: 1 stride: 2")
+        + layer("relu1", "ReLU", ["conv1"])
+        + conv("conv2", "relu1", 16, "kernel_size: 3 pad: 1 stride: 2")
+        + layer("relu2", "ReLU", ["conv2"])
+        + layer(
+            "norm2",
+            "Normalize",
+            ["relu2"],
+            "norm_param { across_spatial: false channel_shared: false "
+            'scale_filler { type: "constant" value: 20 } }',
+        )
+        + conv("conv3", "relu2", 16, "kernel_size: 3 pad: 1 stride: 2")
+        + layer("relu3", "ReLU", ["conv3"])
+    )
+    heads = {
+        "norm2": ("min_size: 12 max_size: 24 aspect_ratio: 2", 4),
+        "relu3": ("min_size: 24 max_size: 40 aspect_ratio: 2 aspect_ratio: 3", 6),
+    }
+    locs, confs, priors = [], [], []
+    for feature, (sizes, p) in heads.items():
+        for kind, width in (("loc", p * 4), ("conf", p * classes)):
+            name = f"{feature}_{kind}"
+            text += conv(name, feature, width)
+            text += layer(
+                f"{name}_perm",
+                "Permute",
+                [name],
+                "permute_param { order: 0 order: 2 order: 3 order: 1 }",
+            )
+            text += layer(f"{name}_flat", "Flatten", [f"{name}_perm"], "flatten_param { axis: 1 }")
+            (locs if kind == "loc" else confs).append(f"{name}_flat")
+        text += layer(
+            f"{feature}_priorbox",
+            "PriorBox",
+            [feature, "data"],
+            f"prior_box_param {{ {sizes} flip: true clip: false {VAR} offset: 0.5 }}",
+        )
+        priors.append(f"{feature}_priorbox")
+    text += layer("mbox_loc", "Concat", locs, "concat_param { axis: 1 }")
+    text += layer("mbox_conf", "Concat", confs, "concat_param { axis: 1 }")
+    text += layer("mbox_priorbox", "Concat", priors, "concat_param { axis: 2 }")
+    text += layer(
+        "conf_reshape",
+        "Reshape",
+        ["mbox_conf"],
+        f"reshape_param {{ shape {{ dim: 0 dim: -1 dim: {classes} }} }}",
+    )
+    text += layer("conf_softmax", "Softmax", ["conf_reshape"], "softmax_param { axis: 2 }")
+    text += layer("conf_flat", "Flatten", ["conf_softmax"])
+    text += layer(
+        "detection_out",
+        "DetectionOutput",
+        ["mbox_loc", "conf_flat", "mbox_priorbox"],
+        f"detection_output_param {{ num_classes: {classes} share_location: true "
+        "background_label_id: 0 nms_param { nms_threshold: 0.45 top_k: 100 } "
+        "code_type: CENTER_SIZE keep_top_k: 50 confidence_threshold: 0.3 }",
+    )
+    return text
+
+
+def compare_with_opencv(
+    proto: Path, x: np.ndarray, blobs: list[str], he_scaled: bool = False
+) -> dict[str, np.ndarray]:
+    """Seeded weights (the fillers, or He-scaled for a deep net) saved as a caffemodel; the
+    `blobs` computed by protocaffe and by OpenCV agree to 1e-4 of their scale."""
+    import torch
+    from test_parity_corpus_nets import randomize
+
+    from protocaffe.runtime.api import load
+    from protocaffe.runtime.caffemodel import save_caffemodel
+
+    weights = proto.with_suffix(".caffemodel")
+    module = load(proto, device="cpu", seed=0)
+    if he_scaled:
+        randomize(module, seed=0)
+    save_caffemodel(module, weights)
+    module = load(proto, weights, device="cpu", outputs=blobs)
+    with torch.no_grad():
+        ours = {k: v.numpy() for k, v in module({"data": torch.from_numpy(x)}).items()}
+    net = cv2.dnn.readNetFromCaffe(str(proto), str(weights))
+    net.setInput(x, "data")
+    for name, theirs in zip(blobs, net.forward(blobs), strict=True):
+        theirs = np.asarray(theirs).reshape(ours[name].shape)
+        scale = max(float(np.abs(theirs).max()), 1e-6)
+        np.testing.assert_allclose(ours[name], theirs, atol=1e-4 * scale, err_msg=name)
+    return ours
+
+
+def test_tiny_ssd_matches_opencv(tmp_path: Path) -> None:
+    proto = tmp_path / "ssd.prototxt"
+    proto.write_text(ssd_net())
+    x = np.random.default_rng(11).uniform(-1, 1, (2, 3, 64, 64)).astype(np.float32)
+    ours = compare_with_opencv(
+        proto, x, ["mbox_loc", "conf_flat", "mbox_priorbox", "detection_out"]
+    )
+    det = ours["detection_out"][0, 0]
+    kept = det[det[:, 2] > 0]
+    assert det.shape == (100, 7) and len(kept) > 10 and set(kept[:, 0]) == {0.0, 1.0}
+
+
+@pytest.mark.slow
+def test_corpus_mobilenet_ssd_matches_opencv(tmp_path: Path) -> None:
+    """chuanqi305/MobileNet-SSD deploy.prototxt (300x300, 21 classes) with seeded weights;
+    its confidence threshold is lowered so that random weights still detect something."""
+    from _corpus import CORPUS
+
+    source = CORPUS / "chuanqi305__MobileNet-SSD" / "deploy.prototxt"
+    if not source.is_file():
+        pytest.skip(f"corpus not found at {CORPUS}")
+    proto = tmp_path / "mobilenet_ssd.prototxt"
+    proto.write_text(
+        source.read_text().replace("confidence_threshold: 0.25", "confidence_threshold: 0.06")
+    )
+    x = np.random.default_rng(5).uniform(-1, 1, (1, 3, 300, 300)).astype(np.float32)
+    ours = compare_with_opencv(
+        proto, x, ["mbox_loc", "mbox_conf_flatten", "mbox_priorbox", "detection_out"], True
+    )
+    assert (ours["detection_out"][0, 0, :, 2] > 0).sum() > 5

@@ -439,7 +439,11 @@ def detection_settings(ctx: ShapeContext) -> Detection:
         ctx.fail("num_classes must be given", hint="add detection_output_param { num_classes: N }")
     for unused in ("save_output_param", "visualize"):
         if ctx.has(unused):
-            ctx.warn(f"{unused} is ignored (it writes files or windows, not the top)", unused)
+            ctx.warn(
+                f"{unused} is ignored (it writes files or windows, not the top)",
+                "detection_output_param",
+                unused,
+            )
     if not p.normalized_bbox:
         ctx.fail("normalized_bbox: false (pixel boxes and an image-size bottom) is not supported")
     loc, conf, priors = ctx.bottoms

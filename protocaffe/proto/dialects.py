@@ -52,7 +52,7 @@ _SSD_PARAMS = {
     "norm_param": 206,
     "video_data_param": 207,
 }
-_SSD_TYPES = ("Normalize", "Permute", "PriorBox", "DetectionOutput", "Flatten")
+_SSD_TYPES = ("Normalize", "Permute", "PriorBox", "DetectionOutput")
 _DEEPLAB_PARAMS = {
     "interp_param": 143,
     "seg_accuracy_param": 144,
