@@ -8,6 +8,7 @@ MACs follow the convention in activations.py.
 
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -54,17 +55,22 @@ def caffe_batch_norm_train(
     (the stored mean is S_mean / f). The variance gets the m/(m-1) unbiasing factor, where m is
     the count per channel. This is not torch's momentum update, so F.batch_norm cannot do it.
     """
-    axes = _stat_axes(x.dim())
-    mean = x.mean(dim=axes)
-    shape = (1, -1) + (1,) * (x.dim() - 2)
-    centred = x - mean.reshape(shape)
-    var = centred.square().mean(dim=axes)
-    m = x.numel() // x.shape[1]
+    # torch's fused training-mode batch_norm normalises with the same batch mean and biased
+    # variance, and its backward is Caffe's: (dy - mean(dy) - mean(dy*y)*y) / sqrt(var+eps).
+    # With momentum 1 its running buffers receive exactly this batch's mean and its variance
+    # times m/(m-1), which Caffe adds to its sums.
+    if x.numel() // x.shape[1] > 1:
+        mean, var = torch.zeros_like(mean_blob), torch.zeros_like(var_blob)
+        y = F.batch_norm(x, mean, var, training=True, momentum=1.0, eps=eps)
+    else:  # one value per channel: torch refuses it; Caffe's variance is 0 (factor 1)
+        mean = x.detach().mean(dim=_stat_axes(x.dim()))
+        var = torch.zeros_like(var_blob)
+        y = (x - x.mean(dim=_stat_axes(x.dim()), keepdim=True)) / math.sqrt(eps)
     with torch.no_grad():
         factor_blob.mul_(fraction).add_(1)
-        mean_blob.mul_(fraction).add_(mean.detach())
-        var_blob.mul_(fraction).add_(var.detach(), alpha=m / (m - 1) if m > 1 else 1.0)
-    return centred / (var + eps).sqrt().reshape(shape)
+        mean_blob.mul_(fraction).add_(mean)
+        var_blob.mul_(fraction).add_(var)
+    return y
 
 
 def nvidia_scale_bias(param: Any) -> bool:

@@ -177,6 +177,10 @@ class _Builder:
         return node
 
     def can_modify(self, layer: Layer, index: int, value: Value) -> bool:
+        if self.graph.phase == 0:
+            # TRAIN nets run backward: autograd may have saved the value (ReLU saves its output,
+            # which an in-place Dropout would overwrite), so nothing is modified in place.
+            return False
         root = self._root(self.nodes[value.id])
         if root.op in ("placeholder", "get_attr"):
             return False
