@@ -75,3 +75,70 @@ def test_matches_opencv_for_zoom_and_size(tmp_path) -> None:
         ]
     )
     opencv_parity(tmp_path, body, {"x": X[:1]}, ["z", "s"])
+
+
+# --- DeepLab v1: V1 enum types, hole, Padding --------------------------------------------
+
+V1_NET = """name: "v1"
+input: "data"
+input_dim: 1 input_dim: 3 input_dim: 20 input_dim: 20
+layers { name: "conv" type: CONVOLUTION bottom: "data" top: "conv" strict_dim: false
+  convolution_param { num_output: 2 kernel_size: 3 hole: 2 } }
+layers { name: "up" type: INTERP bottom: "conv" top: "up" interp_param { zoom_factor: 2 } }
+layers { name: "crop" type: PADDING bottom: "up" top: "crop"
+  padding_param { pad_beg: -2 pad_end: -3 } }
+"""
+
+
+def test_deeplab_v1_enum_types_and_hole_upgrade() -> None:
+    from protocaffe.frontend import parse_text
+    from protocaffe.frontend.upgrade import upgrade_net
+    from protocaffe.ir.build import build_graph
+
+    parsed, notes = upgrade_net(parse_text(V1_NET, "<v1>"))
+    layers = {layer.name: layer for layer in parsed.message.layer}
+    assert [layers[n].type for n in ("conv", "up", "crop")] == ["Convolution", "Interp", "Padding"]
+    assert list(layers["conv"].convolution_param.dilation) == [2]
+    assert any("renamed DeepLab v1's 'hole' to 'dilation'" in d.message for d in notes)
+    graph = build_graph(parsed)
+    # 20 -> conv k3 dilation 2: 16 -> zoom 2: 31 -> crop 2 + 3: 26
+    assert graph.blob("conv").shape == (1, 2, 16, 16)
+    assert graph.blob("crop").shape == (1, 2, 26, 26)
+    strict = [d for d in graph.diagnostics if "strict_dim" in d.message]
+    assert strict and strict[0].severity == "note" and strict[0].span.line == 4
+
+
+@pytest.mark.parametrize("params", ["pad_beg: 2 pad_end: 1", "pad_beg: -1 pad_end: -2"])
+def test_padding_pads_or_crops(params: str) -> None:
+    text = (
+        f'layer {{ name: "p" type: "Padding" bottom: "x" top: "y" padding_param {{ {params} }} }}'
+    )
+    got = check_layer(text, {"x": X}, "p")["y"]
+    if "-" in params:
+        np.testing.assert_array_equal(got, X[:, :, 1:5, 1:7])
+    else:
+        assert got.shape == (2, 3, 10, 12)
+        np.testing.assert_array_equal(got[:, :, 2:9, 2:11], X)
+        assert got[:, :, :2].sum() == 0 and got[:, :, 9:].sum() == 0
+
+
+def test_padding_of_mixed_signs_is_an_error() -> None:
+    text = (
+        'layer { name: "p" type: "Padding" bottom: "x" top: "y" '
+        "padding_param { pad_beg: 1 pad_end: -1 } }"
+    )
+    assert "both >= 0 (pad) or both" in error_of(text, {"x": X.shape}).message
+
+
+def test_deeplab_v1_corpus_test_net_compiles() -> None:
+    from tests._corpus import CORPUS
+
+    path = CORPUS / "TheLegendAli__DeepLab-Context/voc12__vgg128_noup__test_val.prototxt"
+    if not path.is_file():
+        pytest.skip(f"corpus file absent: {path}")
+    from protocaffe.runtime.api import compile_net
+
+    graph = compile_net(path)
+    # crop_size 514 = 32*16 + 2; the file's comment: interp to n + 15, then crop 7 + 8 to n.
+    assert graph.blob("fc8_interp").shape == (1, 21, 529, 529)
+    assert graph.blob("fc8_crop").shape == (1, 21, 514, 514)

@@ -474,7 +474,16 @@ def _convert_string(v: Any) -> str:
 _MAX_LISTED = 12
 
 
-def _enum_converter(fd: FieldDescriptor) -> Callable[[Any], int]:
+@dataclass(frozen=True)
+class ForkValue:
+    """A value that a fork keeps in another field: a fork's V1 `type:` name (INTERP) is stored
+    in V1LayerParameter's fork_type (protocaffe/layers/deeplab.py) as its V2 type string."""
+
+    field: str
+    value: Any
+
+
+def _enum_converter(fd: FieldDescriptor) -> Callable[[Any], int | ForkValue]:
     enum = fd.enum_type
     names = enum.values_by_name
     numbers = enum.values_by_number
@@ -501,6 +510,8 @@ def _enum_converter(fd: FieldDescriptor) -> Callable[[Any], int]:
                 return number
         hint = suggestion_hint(text, names)
         fork = dialects.origin_of_v1_type(text)
+        if fork is not None and "fork_type" in schema.fields_by_name(fd.containing_type):
+            return ForkValue("fork_type", fork[0])  # the upgrade makes it the V2 type
         if fork is not None:
             hint = f"{text} is from {fork[1]}, not BVLC caffe.proto"
         raise BadValue(f"{_quoted(text)} is not a {enum.name} value ({valid})", hint)
@@ -672,7 +683,9 @@ class _Builder:
                     self.fill(sub, value[1], field_path)
                 else:
                     converted = self.convert(plan, value)
-                    if converted is not _FAILED:
+                    if converted.__class__ is ForkValue:
+                        schema.set_field(msg, converted.field, converted.value)
+                    elif converted is not _FAILED:
                         schema.set_field(msg, name, converted)
                 continue
             # Repeated: every element gets its own path; the bare field path names the first.

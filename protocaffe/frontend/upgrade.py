@@ -234,7 +234,7 @@ def _copy_field(src: Any, name: str, dst: Any, dst_name: str) -> int | None:
     if dst_fd.message_type is not None:
         target.CopyFrom(values[0])
     else:
-        setattr(dst, dst_name, values[0])
+        schema.set_field(dst, dst_name, values[0])  # a fork (extension) field too
     return None
 
 
@@ -421,7 +421,9 @@ def _v1_layer(v1: Any, i: int, st: _Run, mapping: Mapping) -> Any:
     v2_fields = schema.fields_by_name(out.DESCRIPTOR)  # fork fields go over by name too
     for fd, value in v1.ListFields():
         where = ("layers", i, fd.name)
-        if fd.name == "type":
+        if fd.name == "fork_type":  # a fork's V1 enum name, e.g. DeepLab v1's INTERP
+            out.type = value
+        elif fd.name == "type":
             enum_name = fd.enum_type.values_by_number[value].name
             v2_type = _V1_TYPES.get(enum_name)
             if v2_type is None:
@@ -559,6 +561,45 @@ def _upgrade_batch_norm(net: Any, st: _Run) -> Any:
     return net
 
 
+def _has_holes(net: Any) -> bool:
+    return any(
+        layer.HasField("convolution_param")
+        and any(f.name.startswith("hole") for f, _ in layer.convolution_param.ListFields())
+        for layer in net.layer
+    )
+
+
+def _upgrade_holes(net: Any, st: _Run) -> Any:
+    """DeepLab v1's ConvolutionParameter hole (or hole_h/hole_w) is BVLC's dilation."""
+    mapping: Mapping = {}
+    changed: list[int] = []
+    for j, layer in enumerate(net.layer):
+        conv = layer.convolution_param
+        fields = schema.fields_by_name(conv.DESCRIPTOR)
+        given = [n for n in ("hole", "hole_h", "hole_w") if conv.HasExtension(fields[n])]
+        if not given or not layer.HasField("convolution_param"):
+            continue
+        where = ("layer", j, "convolution_param", given[0])
+        if len(conv.dilation):
+            st.error("set either hole (DeepLab v1) or dilation, not both", where)
+            continue
+        split = "hole_h" in given or "hole_w" in given
+        h, w = (conv.hole_h, conv.hole_w) if split else (conv.hole, conv.hole)
+        conv.dilation.extend([h] if h == w else [h, w])
+        for name in given:
+            conv.ClearExtension(fields[name])
+            dilation = ("layer", j, "convolution_param", "dilation", 0)
+            mapping[("layer", j, "convolution_param", name)] = dilation
+        changed.append(j)
+    if changed:
+        st.note(
+            f"renamed DeepLab v1's 'hole' to 'dilation' in {_count(changed, 'layer')}",
+            ("layer", changed[0], "convolution_param"),
+        )
+        st.remap(mapping)
+    return net
+
+
 # --- entry points --------------------------------------------------------------------------
 
 
@@ -586,6 +627,7 @@ def upgrade_net(parsed: ParsedFile) -> tuple[ParsedFile, list[Diagnostic]]:
         (lambda n: bool(n.layers), _upgrade_v1),
         (lambda n: bool(n.input), _upgrade_input),
         (lambda n: bool(n.layer), _upgrade_batch_norm),
+        (_has_holes, _upgrade_holes),
     ]
     for needed, run in stages:
         if needed(net):

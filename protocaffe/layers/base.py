@@ -141,9 +141,14 @@ class ShapeContext:
         path: tuple[str | int, ...] = self.layer.path
         if field_path:
             # bottom/top/param and the other *_param messages (loss_param, transform_param,
-            # softmax_param, ...) hang off the LayerParameter, not off this layer's own param.
+            # softmax_param, ...) hang off the LayerParameter, not off this layer's own param;
+            # so does any name that the param message lacks (a fork's strict_dim).
             first = str(field_path[0])
             layer_level = first in ("bottom", "top", "param") or first.endswith("_param")
+            if self.param is not None and not layer_level:
+                from protocaffe.proto.schema import fields_by_name
+
+                layer_level = first not in fields_by_name(self.param.DESCRIPTOR)
             if spec and spec.param_field and not layer_level:
                 path = (*path, spec.param_field)
             path = (*path, *field_path)

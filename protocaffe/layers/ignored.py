@@ -122,6 +122,7 @@ IGNORED = {
     ("LossParameter", "weight_by_label_freqs"): "SegNet's class weighting of the training loss",
     ("LossParameter", "class_weighting"): "SegNet's class weighting of the training loss",
     ("ImageDataParameter", "has_label"): "DeepLab v1's data-layer flag",
+    ("LayerParameter", "strict_dim"): "DeepLab v1's check on its own convolution code",
 }
 
 
