@@ -31,12 +31,17 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def read_log(path: str) -> list[dict[str, Any]]:
     """The records of a JSON-lines training log; a malformed line is a located error."""
+    from protocaffe.commands._args import check_input_path
     from protocaffe.diagnostics import SourceFile, Span
 
+    check_input_path(path, "LOG")  # not a directory or a device (/dev/zero)
     try:
         text = Path(path).read_text(encoding="utf-8")
     except OSError as err:
         raise input_error(f"cannot read '{path}': {err.strerror or err}") from None
+    except UnicodeDecodeError as err:
+        why = f"{err.reason} at byte {err.start}"
+        raise input_error(f"{path}: not a UTF-8 text log ({why})") from None
     records = []
     source = SourceFile(path, text)
     for n, line in enumerate(text.splitlines(), 1):
@@ -88,7 +93,11 @@ def run(args: argparse.Namespace) -> int:
     for ax, (name, curves) in zip(list(getattr(axes, "flat", [axes])), panels.items(), strict=True):
         for label, points in curves.items():
             xs, ys = zip(*points, strict=True)
-            ax.plot(xs, ys, marker="." if len(xs) < 50 else None, label=label)
+            style = {"drawstyle": "steps-post"} if name == "lr" else {}
+            ax.plot(xs, ys, marker="." if len(xs) < 50 else None, label=label, **style)
+        values = [y for points in curves.values() for _, y in points]
+        if name != "test" and min(values) > 0 and max(values) > 100 * min(values):
+            ax.set_yscale("log")  # an untrained first test, or lr decayed by decades
         ax.set_ylabel(titles[name])
         ax.grid(alpha=0.3)
         ax.legend(loc="best", fontsize="small")
