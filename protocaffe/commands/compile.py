@@ -13,6 +13,7 @@ from protocaffe.commands._args import (
     check_output_path,
     int_at_least,
     parse_input_shapes,
+    write_error,
 )
 from protocaffe.diagnostics import CompileError, Diagnostic, count_summary, print_diagnostics
 
@@ -144,6 +145,9 @@ def _emit_python(graph: object, path: str) -> int:
             file=sys.stderr,
         )
         return 1
-    emit_python(graph, path)
+    try:
+        emit_python(graph, path)
+    except OSError as err:  # the path was checked first; this is the disk or the kernel
+        raise write_error(path, err.strerror or err) from None
     print(f"wrote {path}", file=sys.stderr)
     return 0
