@@ -50,9 +50,13 @@ window.addEventListener("mousemove", ev => {
 window.addEventListener("mouseup", () => { setTimeout(() => { drag = null; }, 0);
   pane.classList.remove("dragging"); });
 function centreOn(g) {
-  const b = g.getBBox();
-  const w = Math.min(home.w, Math.max(b.width * 6, 600)), h = w * (view.h / view.w);
-  view = {x: b.x + b.width / 2 - w / 2, y: b.y + b.height / 2 - h / 2, w, h};
+  // The node's box in the viewBox's coordinates (Graphviz translates its top group).
+  const b = g.getBBox(), m = svg.getScreenCTM().inverse().multiply(g.getScreenCTM());
+  const corner = (x, y) => { const p = svg.createSVGPoint(); p.x = x; p.y = y; return p.matrixTransform(m); };
+  const a = corner(b.x, b.y), z = corner(b.x + b.width, b.y + b.height);
+  const r = svg.getBoundingClientRect();
+  const w = Math.max(r.width, (z.x - a.x) * 1.5), h = w * (r.height / r.width);
+  view = {x: (a.x + z.x) / 2 - w / 2, y: (a.y + z.y) / 2 - h / 2, w, h};
   apply();
 }
 
