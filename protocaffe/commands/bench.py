@@ -7,6 +7,7 @@ import json
 
 from protocaffe.commands._args import (
     add_input_shapes,
+    add_net_arg,
     add_runtime_args,
     int_at_least,
     parse_input_shapes,
@@ -25,7 +26,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "bench", help="time the forward pass per layer and in total", description=DESCRIPTION
     )
-    p.add_argument("net", metavar="NET", help="the .prototxt net definition")
+    add_net_arg(p)
     add_input_shapes(
         p, "input blob shape (repeatable), e.g. data=1,3,500,500; default: the net's own", "--input"
     )

@@ -10,6 +10,7 @@ from pathlib import Path
 from protocaffe.commands._args import (
     add_dialect,
     add_force,
+    add_net_arg,
     check_input_path,
     check_output_path,
     seed_value,
@@ -20,9 +21,11 @@ DESCRIPTION = """\
 Load NET with its weights (or filler-initialised blobs when --weights is omitted) and write
 them to OUT. The format follows OUT's extension: .safetensors and .pt hold the PyTorch
 state_dict of the module `protocaffe.load` builds (keys like conv1.weight; sanitised layer
-names are listed in the metadata), .caffemodel writes a Caffe weights file."""
+names are listed in the metadata), .caffemodel writes a Caffe weights file (with --fp16,
+half-precision raw_data as OpenCV's shrinkCaffeModel and NVIDIA Caffe store it) and
+.caffemodel.h5 an HDF5 snapshot (Caffe's snapshot_format: HDF5)."""
 
-FORMATS = (".safetensors", ".pt", ".pth", ".caffemodel")
+FORMATS = (".safetensors", ".pt", ".pth", ".caffemodel", ".caffemodel.h5")
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -31,7 +34,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="export weights to safetensors, a PyTorch state_dict or a caffemodel",
         description=DESCRIPTION,
     )
-    p.add_argument("net", metavar="NET", help="the .prototxt net definition")
+    add_net_arg(p)
     p.add_argument("-w", "--weights", metavar="W.caffemodel", help="Caffe weights to load")
     p.add_argument("-o", "--output", required=True, metavar="OUT", help=f"one of {FORMATS}")
     p.add_argument("--phase", type=str.upper, choices=("TRAIN", "TEST"), default="TEST")
@@ -49,6 +52,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         action="store_true",
         help="fold BatchNorm (+ Scale) into the Convolution/InnerProduct before it",
     )
+    p.add_argument(
+        "--fp16",
+        action="store_true",
+        help="store .caffemodel blobs as half-precision raw_data (half the size)",
+    )
     add_dialect(p)
     p.set_defaults(func=run)
 
@@ -57,8 +65,10 @@ def run(args: argparse.Namespace) -> int:
     from protocaffe.cli import UsageError
 
     out = Path(args.output)
-    if out.suffix not in FORMATS:
+    if not out.name.endswith(FORMATS):
         raise UsageError(f"cannot tell the output format of {out}: use one of {FORMATS}")
+    if args.fp16 and out.suffix != ".caffemodel":
+        raise UsageError("--fp16 applies to .caffemodel output")
     safetensors = None
     if out.suffix == ".safetensors":
         try:
@@ -96,7 +106,7 @@ def run(args: argparse.Namespace) -> int:
         )
     report_load(module)
     try:
-        _write(module, out, safetensors)
+        _write(module, out, safetensors, args.fp16)
     except (OSError, RuntimeError) as err:  # torch and safetensors raise their own types
         raise write_error(out, getattr(err, "strerror", None) or str(err)) from None
     except Exception as err:
@@ -112,11 +122,15 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _write(module: object, out: Path, safetensors: object) -> None:
+def _write(module: object, out: Path, safetensors: object, fp16: bool) -> None:
     if out.suffix == ".caffemodel":
         from protocaffe.runtime.caffemodel import save_caffemodel
 
-        save_caffemodel(module, out)
+        save_caffemodel(module, out, fp16=fp16)
+    elif out.name.endswith(".caffemodel.h5"):
+        from protocaffe.runtime.caffemodel import save_hdf5
+
+        save_hdf5(module, out)
     elif safetensors is not None:
         import json
 

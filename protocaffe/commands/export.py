@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from protocaffe.commands._args import add_input_shapes, parse_input_shapes, write_error
+from protocaffe.commands._args import add_input_shapes, add_net_arg, parse_input_shapes, write_error
 
 DESCRIPTION = """\
 Load NET (with --weights, else filler-initialised blobs) at TEST phase, trace it with
@@ -22,7 +22,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="export a net to ONNX or a torch.export program, checked in onnxruntime",
         description=DESCRIPTION,
     )
-    p.add_argument("net", metavar="NET", help="the .prototxt net definition")
+    add_net_arg(p)
     p.add_argument("-w", "--weights", metavar="W.caffemodel", help="Caffe weights to load")
     out = p.add_mutually_exclusive_group(required=True)
     out.add_argument("--onnx", metavar="OUT.onnx", help="write an ONNX model")

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from protocaffe.commands._args import (
     add_input_shapes,
+    add_net_arg,
     add_runtime_args,
     check_input_path,
     int_at_least,
@@ -42,7 +43,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "run", help="run a net on images/arrays and save usable outputs", description=DESCRIPTION
     )
-    p.add_argument("net", metavar="NET", help="the .prototxt net definition")
+    add_net_arg(p)
     p.add_argument("-w", "--weights", metavar="W.caffemodel", help="trained weights")
     p.add_argument(
         "--input",

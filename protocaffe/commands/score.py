@@ -14,7 +14,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from protocaffe.commands._args import add_runtime_args, check_input_path, check_output_path
+from protocaffe.commands._args import (
+    add_net_arg,
+    add_runtime_args,
+    check_input_path,
+    check_output_path,
+)
 from protocaffe.diagnostics import input_error
 
 DESCRIPTION = """\
@@ -30,7 +35,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "score", help="mean IoU of a segmentation net on labelled images", description=DESCRIPTION
     )
-    p.add_argument("net", metavar="NET", help="the deploy .prototxt (one input blob)")
+    add_net_arg(p, help="the deploy .prototxt, one input blob ('-': standard input)")
     p.add_argument("-w", "--weights", required=True, metavar="W.caffemodel")
     p.add_argument("--images", required=True, metavar="LIST|DIR")
     p.add_argument("--labels", required=True, metavar="DIR|LIST", help="class-id label PNGs")

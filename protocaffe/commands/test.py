@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import argparse
 
-from protocaffe.commands._args import int_at_least
+from protocaffe.commands._args import add_net_arg, int_at_least
 
 DESCRIPTION = """\
 Score NET with trained weights as `caffe test` does: run N batches from the net's data layers
@@ -21,7 +21,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "test", help="score a trained net on its data (caffe test)", description=DESCRIPTION
     )
-    p.add_argument("net", metavar="NET", help="the net .prototxt (with data layers)")
+    add_net_arg(p, help="the net .prototxt, with data layers ('-': standard input)")
     p.add_argument(
         "--weights", required=True, metavar="W[,W2]", help="trained weights (.caffemodel[.h5])"
     )
