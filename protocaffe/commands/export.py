@@ -5,7 +5,13 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from protocaffe.commands._args import add_input_shapes, add_net_arg, parse_input_shapes, write_error
+from protocaffe.commands._args import (
+    add_input_shapes,
+    add_net_arg,
+    check_output_path,
+    parse_input_shapes,
+    write_error,
+)
 
 DESCRIPTION = """\
 Load NET (with --weights, else filler-initialised blobs) at TEST phase, trace it with
@@ -56,8 +62,7 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"{'--onnx' if args.onnx else '--torch-export'} writes a {want} file")
     if args.report and not args.onnx:
         raise UsageError("--report describes an ONNX export: use it with --onnx")
-    if not target.parent.is_dir():
-        raise write_error(target, "no such directory")
+    check_output_path(target, "--onnx" if args.onnx else "--torch-export")
     shapes = parse_input_shapes(args.shape)
 
     from protocaffe.export.program import export_program, save_pt2

@@ -12,6 +12,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from protocaffe.commands._args import check_output_path
 from protocaffe.diagnostics import input_error
 
 
@@ -82,6 +83,7 @@ def series(records: list[dict[str, Any]]) -> dict[str, dict[str, list[tuple[int,
 
 
 def run(args: argparse.Namespace) -> int:
+    check_output_path(args.output, "-o")  # before reading the log
     import matplotlib
 
     matplotlib.use("Agg")
