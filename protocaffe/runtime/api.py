@@ -59,7 +59,10 @@ def resolve_device(device: Any) -> Any:
 
     if device is None or device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    resolved = torch.device(device)
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError) as err:  # torch says "Invalid device string"
+        raise ValueError(f"device {device!r} is not a device: {err}") from None
     if resolved.type == "cuda" and not torch.cuda.is_available():
         why = (
             f"this torch ({torch.__version__}) is built without CUDA"
