@@ -83,7 +83,9 @@ class Eltwise(LayerDef):
         if p.operation == _OP.PROD:
             return [reduce(lambda a, b: ctx.call(torch.mul, a, b), xs)]
         if p.operation == _OP.MAX:
-            return [reduce(lambda a, b: ctx.call(torch.maximum, a, b), xs)]
+            from protocaffe.lower.caffe_grad import eltwise_max  # Caffe's tie rule
+
+            return [ctx.call(eltwise_max, *xs)]
         coeff = list(p.coeff) or [1.0] * len(xs)
         acc = xs[0] if coeff[0] == 1 else ctx.call(torch.mul, xs[0], coeff[0])
         for x, c in zip(xs[1:], coeff[1:], strict=True):

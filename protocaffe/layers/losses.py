@@ -118,12 +118,16 @@ def _masked_sum(ctx: LowerContext, terms: fx.Node, valid: fx.Node | None) -> fx.
     return ctx.call(torch.sum, terms)
 
 
-def _scaled(ctx: LowerContext, total: fx.Node, mode: int, outer: int, inner: int, valid):
-    """total / normaliser, with VALID counting the non-ignored labels at run time."""
+def _normaliser(ctx: LowerContext, mode: int, outer: int, inner: int, valid) -> Any:
+    """Caffe's normaliser, with VALID counting the non-ignored labels at run time."""
     if mode == VALID and valid is not None:
-        n = ctx.call(torch.sum, valid)
-        return ctx.call(operator.truediv, total, ctx.call(torch.clamp, n, min=1))
-    return ctx.call(operator.truediv, total, normalizer(mode, outer, inner, outer * inner))
+        return ctx.call(torch.clamp, ctx.call(torch.sum, valid), min=1)
+    return normalizer(mode, outer, inner, outer * inner)
+
+
+def _scaled(ctx: LowerContext, total: fx.Node, mode: int, outer: int, inner: int, valid):
+    """total / normaliser."""
+    return ctx.call(operator.truediv, total, _normaliser(ctx, mode, outer, inner, valid))
 
 
 def _softmax_np(x: np.ndarray, axis: int) -> np.ndarray:
@@ -205,16 +209,20 @@ class SoftmaxWithLoss(_SoftmaxLoss):
     axis_param = "softmax_param"
 
     def lower(self, ctx: LowerContext) -> list[fx.Node]:
-        prob, (outer, _, inner) = self._lower_prob(ctx)
+        # Backward is Caffe's (prob - onehot) / normaliser: see lower/caffe_grad.py.
+        from protocaffe.lower.caffe_grad import softmax_with_loss
+
+        shape = ctx.bottom_shapes[0]
+        outer, channels, inner = as_outer_c_inner(
+            shape, canonical_axis(self._axis_setting(ctx), len(shape))
+        )
+        x = ctx.call(torch.reshape, ctx.inputs[0], (outer, channels, inner))
         labels = _labels(ctx, ctx.inputs[1], outer, inner)
         valid, labels = _valid_mask(ctx, labels, ignore_label(ctx))
-        p = ctx.call(torch.gather, prob, 1, ctx.call(torch.unsqueeze, labels, 1))
-        nll = ctx.call(torch.neg, ctx.call(torch.log, ctx.call(torch.clamp, p, min=FLT_MIN)))
-        nll = ctx.call(torch.squeeze, nll, 1)
-        total = _masked_sum(ctx, nll, valid)
-        return self._with_prob(
-            ctx, _scaled(ctx, total, normalization(ctx), outer, inner, valid), prob
-        )
+        norm = _normaliser(ctx, normalization(ctx), outer, inner, valid)
+        both = ctx.call(softmax_with_loss, x, labels, valid, norm)
+        loss, prob = (ctx.call(operator.getitem, both, i) for i in (0, 1))
+        return self._with_prob(ctx, loss, prob)
 
     def _position_loss(self, inputs, p, label):
         import numpy as np

@@ -1,0 +1,77 @@
+"""Lowerings whose backward must be Caffe's Backward_cpu where plain autograd would differ.
+
+Autograd of a lowering that computes Caffe's forward exactly is Caffe's backward wherever
+the forward is smooth. It differs where Caffe's backward is not the derivative of what it
+computes in float, and at ties:
+
+- SoftmaxWithLoss: Caffe's gradient is `(prob - onehot) * top_diff / normalizer`, zero at
+  ignored positions, even where the forward clamped log(max(p, FLT_MIN)) (autograd would give
+  0 there) and without the rounding of the chain -1/p * dsoftmax. Its `prob` top gets no
+  gradient (Caffe's backward reads only top[0]'s diff).
+- Eltwise MAX: the whole gradient goes to the bottom Caffe's mask chose, i.e. ties between
+  bottoms 0 and 1 go to bottom 1 (`a > b ? a : b`) and later bottoms must be strictly greater
+  (torch.maximum splits a tie's gradient in halves).
+
+(MAX pooling needs nothing here: PyTorch's CPU and CUDA max-pool kernels, like Caffe's loop,
+keep the first maximum of a window in row-major order, and the gradient follows that index.)
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+FLT_MIN = 1.1754943508222875e-38  # std::numeric_limits<float>::min()
+
+
+class _SoftmaxWithLoss(torch.autograd.Function):
+    @staticmethod
+    def forward(
+        ctx: Any, x: torch.Tensor, labels: torch.Tensor, valid: Any, norm: Any
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        prob = F.softmax(x, 1)
+        loss = _nll_sum(prob, labels, valid) / norm
+        ctx.save_for_backward(prob, labels, *([valid] if valid is not None else []))
+        ctx.norm = norm
+        ctx.mark_non_differentiable(prob)
+        return loss, prob
+
+    @staticmethod
+    def backward(ctx: Any, grad_loss: torch.Tensor, _grad_prob: Any) -> tuple[Any, ...]:
+        prob, labels, *valid = ctx.saved_tensors
+        diff = prob.clone()
+        diff.scatter_add_(1, labels.unsqueeze(1), torch.full_like(diff[:, :1], -1.0))
+        if valid:
+            diff = diff * valid[0].unsqueeze(1).to(diff.dtype)
+        return diff * (grad_loss / ctx.norm), None, None, None
+
+
+def _nll_sum(prob: torch.Tensor, labels: torch.Tensor, valid: Any) -> torch.Tensor:
+    p = prob.gather(1, labels.unsqueeze(1)).squeeze(1)
+    nll = -torch.log(torch.clamp(p, min=FLT_MIN))
+    if valid is not None:
+        nll = torch.where(valid, nll, torch.zeros_like(nll))
+    return nll.sum()
+
+
+def softmax_with_loss(
+    x: torch.Tensor, labels: torch.Tensor, valid: Any, norm: Any
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(loss, prob) of SoftmaxWithLoss on `x` (outer x C x inner) with integer `labels`
+    (outer x inner, ignored positions already 0), `valid` the mask of non-ignored positions
+    (or None) and `norm` the normaliser. Without a gradient to take, plain tensor code (what
+    tracers and exporters see)."""
+    if torch.is_grad_enabled() and x.requires_grad:
+        return _SoftmaxWithLoss.apply(x, labels, valid, norm)
+    prob = F.softmax(x, 1)
+    return _nll_sum(prob, labels, valid) / norm, prob
+
+
+def eltwise_max(*xs: torch.Tensor) -> torch.Tensor:
+    """Caffe's Eltwise MAX with its mask's tie rule (the gradient follows the chosen bottom)."""
+    top = torch.where(xs[0] > xs[1], xs[0], xs[1])
+    for x in xs[2:]:
+        top = torch.where(x > top, x, top)
+    return top
