@@ -361,7 +361,7 @@ def test_large_file_peak_memory(tmp_path):
 @pytest.mark.parametrize(
     ("content", "hint"),
     [
-        (b"\x89HDF\r\n\x1a\n" + bytes(range(256)) * 4, "HDF5 file"),
+        (b"\x89HDF\r\n\x1a\n" + bytes(range(256)) * 4, "an HDF5 file that cannot be opened"),
         (b'name: "net"\nlayer { name: "a" type: "ReLU" }\n', "text prototxt"),
     ],
 )
@@ -370,4 +370,4 @@ def test_unreadable_weights_say_what_they_are(tmp_path, content, hint):
     path.write_bytes(content)
     with pytest.raises(CompileError) as err:
         read_index(path)
-    assert "not a binary caffemodel" in str(err.value) and hint in str(err.value)
+    assert hint in str(err.value)

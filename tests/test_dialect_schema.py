@@ -7,6 +7,7 @@ import struct
 from pathlib import Path
 
 import pytest
+from _wire import len_field, varint, wire_key
 from google.protobuf import text_format
 
 from protocaffe.diagnostics import CompileError
@@ -123,45 +124,27 @@ def test_unknown_fork_params_and_types_name_their_fork() -> None:
 # --- binary files: fork fields at numbers that clash with BVLC's -----------------------------
 
 
-def _key(number: int, wire: int) -> bytes:
-    return _varint(number << 3 | wire)
-
-
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        b = n & 0x7F
-        n >>= 7
-        out.append(b | (0x80 if n else 0))
-        if not n:
-            return bytes(out)
-
-
-def _len(number: int, payload: bytes) -> bytes:
-    return _key(number, 2) + _varint(len(payload)) + payload
-
-
 def test_caffemodel_with_fork_fields_at_clashing_numbers_loads(tmp_path: Path) -> None:
     # PSPNet's interp_param is 143 (BVLC: input_param), OpenCV's detection_output_param is
     # 147 (BVLC: swish_param), SegNet's upsample_param is 137 (BVLC: embed_param); each
     # payload is a fork message that is not a valid BVLC message of that number.
-    interp = _key(3, 0) + _varint(8)  # zoom_factor: 8 (InputParameter has no field 3 varint)
+    interp = wire_key(3, 0) + varint(8)  # zoom_factor: 8 (InputParameter has no field 3 varint)
     detection = (
-        _key(1, 0) + _varint(21) + _key(4, 2) + _varint(5) + b"\x0d" + struct.pack("<f", 0.45)
+        wire_key(1, 0) + varint(21) + wire_key(4, 2) + varint(5) + b"\x0d" + struct.pack("<f", 0.45)
     )
-    upsample = _key(1, 5) + struct.pack("<f", 2.0)  # a fixed32 where EmbedParameter has none
+    upsample = wire_key(1, 5) + struct.pack("<f", 2.0)  # a fixed32 where EmbedParameter has none
     values = struct.pack("<4f", 1, 2, 3, 4)
-    blob = _len(7, _len(1, _varint(2) + _varint(2))) + _len(5, values)
+    blob = len_field(7, len_field(1, varint(2) + varint(2))) + len_field(5, values)
     layer = (
-        _len(1, b"interp")
-        + _len(2, b"Interp")
-        + _len(143, interp)
-        + _len(147, detection)
-        + _len(137, upsample)
-        + _len(7, blob)
+        len_field(1, b"interp")
+        + len_field(2, b"Interp")
+        + len_field(143, interp)
+        + len_field(147, detection)
+        + len_field(137, upsample)
+        + len_field(7, blob)
     )
     path = tmp_path / "fork.caffemodel"
-    path.write_bytes(_len(1, b"net") + _len(100, layer))
+    path.write_bytes(len_field(1, b"net") + len_field(100, layer))
     index = read_index(path)
     (record,) = index.layers
     assert (record.name, record.type) == ("interp", "Interp")

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import mmap
 import sys
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,10 +40,19 @@ _V1_V0LAYER, _V1_NAME, _V1_TYPE, _V1_BLOBS = 1, 4, 5, 6
 _V0_NAME, _V0_TYPE, _V0_BLOBS = 1, 2, 50
 _BLOB_NUM, _BLOB_CHANNELS, _BLOB_HEIGHT, _BLOB_WIDTH = 1, 2, 3, 4
 _BLOB_DATA, _BLOB_SHAPE, _BLOB_DOUBLE_DATA = 5, 7, 8
+# NVIDIA Caffe's (and OpenCV's) typed raw storage: raw_data holds the values as raw_data_type.
+_BLOB_RAW_DATA_TYPE, _BLOB_RAW_DATA = 10, 12
+_RAW_TYPES = {0: ("<f8", "double"), 1: ("<f4", "float"), 2: ("<f2", "fp16")}
+_UNREADABLE_RAW_TYPES = {3: "int", 4: "uint", 5: "bool"}
 
 
 class WireError(ValueError):
     """The bytes are not a well-formed protobuf message."""
+
+
+def np_itemsize(dtype: str) -> int:
+    """Bytes per value of a numpy dtype string such as "<f2"."""
+    return int(dtype[-1])
 
 
 @dataclass
@@ -52,8 +61,11 @@ class BlobRecord:
 
     shape: tuple[int, ...] | None = None  # BlobShape, when given
     legacy: tuple[int, int, int, int] | None = None  # num/channels/height/width, when any set
-    dtype: str = "<f4"  # "<f8" for double_data
+    dtype: str = "<f4"  # "<f8" for double_data, "<f2" for fp16 raw_data
     segments: list[tuple[int, int]] = field(default_factory=list)  # (byte offset, count)
+    storage: str = "data"  # where the values are: data, double_data, raw_data
+    raw: tuple[int, str] | None = None  # raw_data (bytes, type name) as found
+    dataset: str | None = None  # an HDF5 dataset read through h5py (not contiguous)
 
     @property
     def size(self) -> int:
@@ -64,6 +76,28 @@ class BlobRecord:
         if self.legacy is not None and self.shape is None:
             return shape_str(self.legacy)
         return shape_str(self.shape or ())
+
+    def describe(self) -> str:
+        """What the blob holds, e.g. "raw_data of 540 bytes, fp16, shape 10x3x3x3"."""
+        if self.raw is not None:
+            what = f"raw_data of {self.raw[0]} bytes, {self.raw[1]}"
+        else:
+            kind = {"f4": "float", "f8": "double", "f2": "fp16"}[self.dtype[1:]]
+            what = f"{self.size} {kind} values" + (
+                f" in {self.storage}" if self.storage != "data" else ""
+            )
+        return f"{what}, shape {self.shape_text}"
+
+    @property
+    def unreadable(self) -> str | None:
+        """Why the values cannot be read (raw_data of a type that is not floating point)."""
+        if self.raw is not None and self.raw[1] == "no raw_data_type":
+            return "raw_data needs a raw_data_type (FLOAT16, FLOAT or DOUBLE) to be read"
+        if self.raw is not None and self.raw[1] not in ("fp16", "float", "double"):
+            return f"raw_data_type {self.raw[1]} is not a floating-point type"
+        if self.raw is not None and self.raw[0] % np_itemsize(self.dtype):
+            return f"{self.raw[0]} bytes is not a whole number of {self.raw[1]} values"
+        return None
 
     def matches(self, target: Sequence[int]) -> bool:
         """Caffe's Blob::ShapeEquals(BlobProto)."""
@@ -141,7 +175,15 @@ def _blob(buf: Any, start: int, end: int) -> BlobRecord:
     rec = BlobRecord()
     legacy: dict[int, int] = {}
     segments: dict[str, list[tuple[int, int]]] = {"<f4": [], "<f8": []}
+    raw: tuple[int, int] | None = None  # (offset, bytes)
+    raw_type: int | None = None
     for number, wire, a, b in _fields(buf, start, end):
+        if number == _BLOB_RAW_DATA and wire == _LEN:
+            raw = (a, b - a)
+            continue
+        if number == _BLOB_RAW_DATA_TYPE and wire == _VARINT:
+            raw_type = b
+            continue
         if number in (_BLOB_DATA, _BLOB_DOUBLE_DATA):
             width, dtype = (4, "<f4") if number == _BLOB_DATA else (8, "<f8")
             if wire == _LEN:  # packed
@@ -165,9 +207,21 @@ def _blob(buf: Any, start: int, end: int) -> BlobRecord:
             rec.shape = tuple(dims)
         elif number in (_BLOB_NUM, _BLOB_CHANNELS, _BLOB_HEIGHT, _BLOB_WIDTH) and wire == _VARINT:
             legacy[number] = b
-    # Blob::FromProto reads double_data whenever it is non-empty, else data.
+    # Blob::FromProto reads double_data whenever it is non-empty, else data; NVIDIA Caffe
+    # (and OpenCV) read raw_data first when it is there.
     rec.dtype = "<f8" if segments["<f8"] else "<f4"
     rec.segments = segments[rec.dtype]
+    rec.storage = "double_data" if segments["<f8"] else "data"
+    if raw is not None:
+        dtype, name = _RAW_TYPES.get(raw_type, ("<f4", None))  # type: ignore[arg-type]
+        if name is None:
+            name = (
+                _UNREADABLE_RAW_TYPES.get(raw_type, f"type {raw_type}")  # type: ignore[arg-type]
+                if raw_type is not None
+                else "no raw_data_type"
+            )
+        rec.raw, rec.dtype, rec.storage = (raw[1], name), dtype, "raw_data"
+        rec.segments = [] if rec.unreadable else [(raw[0], raw[1] // np_itemsize(dtype))]
     if legacy:
         rec.legacy = tuple(legacy.get(n, 0) for n in range(1, 5))  # type: ignore[assignment]
     return rec
@@ -222,6 +276,9 @@ def read_index(path: str | Path) -> WeightsFile:
             size = f.seek(0, 2)
             if size == 0:
                 raise CompileError([Diagnostic("error", f"{path}: the weights file is empty")])
+            f.seek(0)
+            if f.read(len(_HDF5_MAGIC)) == _HDF5_MAGIC:
+                return _index_hdf5(path)
             with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
                 return _index(mm, path)
     except OSError as err:
@@ -240,15 +297,86 @@ def read_index(path: str | Path) -> WeightsFile:
         ) from None
 
 
+_HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
+
+
+def _index_hdf5(path: str) -> WeightsFile:
+    """A .caffemodel.h5 (Caffe's HDF5 snapshot, Net::ToHDF5): group `data`, a group per
+    layer name, datasets "0", "1", ... holding its blobs. Contiguous datasets are read by
+    offset like caffemodel data; chunked or compressed ones through h5py."""
+    import h5py
+
+    net = WeightsFile(path, "", [], False)
+    try:
+        h5 = h5py.File(path, "r")
+    except OSError as err:
+        raise CompileError(
+            [Diagnostic("error", f"{path}: an HDF5 file that cannot be opened ({err})")],
+        ) from None
+    with h5:
+        data = h5.get("data")
+        if not isinstance(data, h5py.Group):
+            raise CompileError(
+                [
+                    Diagnostic(
+                        "error",
+                        f"{path}: an HDF5 file without Caffe's 'data' group, so not a "
+                        f"Caffe weights snapshot (top-level names: {', '.join(h5) or 'none'})",
+                    )
+                ]
+            )
+        layers: dict[str, dict[int, BlobRecord]] = {}
+
+        def visit(name: str, obj: Any) -> None:
+            # Layer names may hold '/', which HDF5 reads as nested groups.
+            layer, _, index = name.rpartition("/")
+            if isinstance(obj, h5py.Dataset) and index.isdigit():
+                layers.setdefault(layer, {})[int(index)] = _hdf5_blob(obj, path)
+            elif isinstance(obj, h5py.Group):
+                layers.setdefault(name, {})
+
+        data.visititems(visit)
+    for name, blobs in layers.items():
+        if blobs and sorted(blobs) != list(range(len(blobs))):
+            raise CompileError(
+                [
+                    Diagnostic(
+                        "error",
+                        f"{path}: layer '{name}' has datasets {sorted(blobs)}, "
+                        f"not 0..{len(blobs) - 1}",
+                    )
+                ]
+            )
+        if blobs or not any(other.startswith(f"{name}/") for other in layers):
+            net.layers.append(LayerRecord(name, "", [blobs[i] for i in sorted(blobs)]))
+    return net
+
+
+def _hdf5_blob(dataset: Any, path: str) -> BlobRecord:
+    kind = dataset.dtype
+    if kind.kind != "f" or kind.itemsize not in (2, 4, 8):
+        raise CompileError(
+            [
+                Diagnostic(
+                    "error",
+                    f"{path}: dataset '{dataset.name}' holds {kind} values, shape "
+                    f"{shape_str(dataset.shape)}; Caffe snapshots hold floating-point blobs",
+                )
+            ]
+        )
+    rec = BlobRecord(shape=tuple(dataset.shape), dtype=kind.str, storage="HDF5 dataset")
+    offset = dataset.id.get_offset()
+    if dataset.chunks is None and offset is not None and dataset.size:
+        rec.segments = [(offset, dataset.size)]
+    else:
+        rec.dataset, rec.segments = dataset.name, [(-1, dataset.size)]
+    return rec
+
+
 def _what_it_is(path: str | Path) -> str:
     """A hint naming what an unreadable weights file most likely is."""
     with open(path, "rb") as f:
         head = f.read(512)
-    if head.startswith(b"\x89HDF\r\n\x1a\n"):
-        return (
-            "this is an HDF5 file (a .caffemodel.h5 snapshot), which protocaffe does not read; "
-            "save the net as a binary .caffemodel (Caffe's snapshot_format: BINARYPROTO)"
-        )
     try:
         text = head.decode("utf-8")
     except UnicodeDecodeError:
@@ -279,9 +407,16 @@ def _read_into(f: Any, blob: BlobRecord, target: Any) -> None:
     import torch
 
     flat = target.detach().view(-1)
+    if blob.dataset is not None:
+        import h5py
+
+        with h5py.File(f.name, "r") as h5:
+            values = np.asarray(h5[blob.dataset][()], dtype=np.float32).reshape(-1)
+        flat.copy_(torch.from_numpy(values))
+        return
     direct = (
         flat.device.type == "cpu"
-        and flat.dtype == (torch.float32 if blob.dtype == "<f4" else torch.float64)
+        and flat.dtype == {"<f4": torch.float32, "<f8": torch.float64}.get(blob.dtype)
         and sys.byteorder == "little"
     )
     pos = 0
@@ -311,13 +446,14 @@ def read_blobs(weights: WeightsFile, record: LayerRecord) -> list[Any]:
     with open(weights.path, "rb") as f:
         for blob in record.blobs:
             shape = blob.shape if blob.shape is not None else blob.legacy or (blob.size,)
-            if count(shape) != blob.size:
+            if blob.unreadable or count(shape) != blob.size:
+                why = blob.unreadable or f"{blob.size} values for shape {blob.shape_text}"
                 raise CompileError(
                     [
                         Diagnostic(
                             "error",
-                            f"{weights.path}: blob of layer '{record.name}' holds {blob.size} "
-                            f"values for shape {blob.shape_text}",
+                            f"{weights.path}: cannot read the blob of layer '{record.name}' "
+                            f"({blob.describe()}): {why}",
                         )
                     ]
                 )
@@ -471,10 +607,17 @@ def _check_layer(
                 hint="to learn this layer's parameters from scratch rather than copying "
                 "them from the weights file, rename the layer",
             )
+        elif blob.unreadable:
+            diags.error(
+                f"cannot read blob {j} of layer '{rec.name}' in {path} ({blob.describe()}): "
+                f"{blob.unreadable}",
+                layer.span,
+            )
         elif blob.size != count(spec.shape):
             diags.error(
-                f"blob {j} of layer '{rec.name}' in {path} holds {blob.size} values for "
-                f"shape {shape_str(spec.shape)} ({count(spec.shape)} values)",
+                f"blob {j} of layer '{rec.name}' in {path} holds {blob.size} values "
+                f"({blob.describe()}) for shape {shape_str(spec.shape)} "
+                f"({count(spec.shape)} values)",
                 layer.span,
             )
         else:
@@ -510,14 +653,22 @@ def _nbytes(parts: Sequence[Any]) -> int:
     return sum(len(p) if isinstance(p, bytes) else p.nbytes for p in parts)
 
 
-def _blob_parts(data: Any, shape: Sequence[int]) -> list[Any]:
-    """The pieces of one BlobProto field (data then shape, protobuf's field order)."""
-    raw = memoryview(data).cast("B")
-    parts: list[Any] = [_len_field(_BLOB_DATA, raw.nbytes), raw] if raw.nbytes else []
+def _blob_parts(data: Any, shape: Sequence[int], fp16: bool = False) -> list[Any]:
+    """The pieces of one BlobProto field, in protobuf's field order: float data then shape,
+    or (`fp16`) shape then raw_data_type FLOAT16 and raw_data, as OpenCV's shrinkCaffeModel
+    writes them."""
+    raw = memoryview(data.astype("<f2") if fp16 else data).cast("B")
+    parts: list[Any] = [_len_field(_BLOB_DATA, raw.nbytes), raw] if raw.nbytes and not fp16 else []
     if shape:  # Caffe's Blob::ToProto adds no BlobShape at all for a 0-axis blob
         dims = b"".join(_uvarint(d) for d in shape)
         dim_field = _len_field(1, len(dims)) + dims
         parts += [_len_field(_BLOB_SHAPE, len(dim_field)), dim_field]
+    if fp16:
+        parts += [
+            _key(_BLOB_RAW_DATA_TYPE, _VARINT) + _uvarint(2),
+            _len_field(_BLOB_RAW_DATA, raw.nbytes),
+            raw,
+        ]
     size = _nbytes(parts)
     return [_len_field(_LAYER_BLOBS, size), *parts]
 
@@ -559,30 +710,36 @@ def _float32_array(tensor: Any) -> Any:
     return np.ascontiguousarray(t.numpy(), dtype="<f4")
 
 
+def _layer_arrays(
+    source: Any, blobs: Mapping[str, Sequence[Any]] | None
+) -> tuple[Any, Callable[[Any], list[Any]]]:
+    """(graph, layer -> its arrays in Caffe order) for a CaffeModule, or a Graph + `blobs`."""
+    if blobs is None:
+
+        def of_module(layer: Any) -> list[Any]:
+            if layer not in source._layer_attrs:
+                return []
+            return [source.blob_tensor(layer, s.name) for s in layer.blob_specs]
+
+        return source.caffe_graph, of_module
+    return source, lambda layer: list(blobs.get(layer.name, ()))
+
+
 def save_caffemodel(
-    source: Any, path: str | Path, blobs: Mapping[str, Sequence[Any]] | None = None
+    source: Any,
+    path: str | Path,
+    blobs: Mapping[str, Sequence[Any]] | None = None,
+    fp16: bool = False,
 ) -> None:
     """Write a .caffemodel as Caffe's Net::ToProto would: net name, then every layer of the
-    net (its definition with the phase set, then its blobs as shape + float data).
+    net (its definition with the phase set, then its blobs as shape + float data; with
+    `fp16`, half-precision raw_data as OpenCV's shrinkCaffeModel and NVIDIA Caffe store it).
 
     `source` is a CaffeModule, or a Graph with `blobs` giving each layer's arrays by layer
     name (Caffe order). Caffe's automatically inserted Split layers are not written (they
     have no blobs and Caffe re-creates them when it loads a net).
     """
-    if blobs is None:
-        graph = source.caffe_graph
-
-        def arrays_of(layer: Any) -> list[Any]:
-            if layer not in source._layer_attrs:
-                return []
-            return [source.blob_tensor(layer, s.name) for s in layer.blob_specs]
-
-    else:
-        graph = source
-
-        def arrays_of(layer: Any) -> list[Any]:
-            return list(blobs.get(layer.name, ()))
-
+    graph, arrays_of = _layer_arrays(source, blobs)
     path = Path(path)
     tmp = path.with_name(path.name + ".part")
     with open(tmp, "wb") as f:
@@ -604,12 +761,37 @@ def save_caffemodel(
                     ]
                 )
             for spec, array in zip(layer.blob_specs, arrays, strict=True):
-                parts += _blob_parts(_float32_array(array), spec.shape)
+                parts += _blob_parts(_float32_array(array), spec.shape, fp16)
             parts.append(tail)
             size = _nbytes(parts)
             f.write(_len_field(_NET_LAYER, size))
             for part in parts:
                 f.write(part)
+    tmp.replace(path)
+
+
+def save_hdf5(
+    source: Any, path: str | Path, blobs: Mapping[str, Sequence[Any]] | None = None
+) -> None:
+    """Write a .caffemodel.h5 as Caffe's Net::ToHDF5 does: group `data`, one group per layer
+    (in net order), float datasets "0", "1", ... for its blobs."""
+    import h5py
+
+    graph, arrays_of = _layer_arrays(source, blobs)
+    path = Path(path)
+    tmp = path.with_name(path.name + ".part")
+    with h5py.File(tmp, "w") as h5:
+        data = h5.create_group("data")
+        written: set[str] = set()
+        for layer in graph.layers:
+            if layer.name in written:
+                continue  # Caffe's HDF5 loader, too, finds one group per name
+            written.add(layer.name)
+            group = data.require_group(layer.name)  # a '/' in a name nests groups
+            for j, (spec, array) in enumerate(
+                zip(layer.blob_specs, arrays_of(layer), strict=False)
+            ):
+                group.create_dataset(str(j), data=_float32_array(array).reshape(spec.shape))
     tmp.replace(path)
 
 
