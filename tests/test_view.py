@@ -159,6 +159,7 @@ def _open(browser, page: Path) -> None:
 @needs_dot
 def test_fcn8s_in_chromium(browser, pages: dict[str, Path]) -> None:
     from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
 
     _open(browser, pages["fcn8s"])
     data = _page_data(pages["fcn8s"].read_text())
@@ -168,12 +169,21 @@ def test_fcn8s_in_chromium(browser, pages: dict[str, Path]) -> None:
     assert {la["node"] for la in data["layers"]} <= drawn  # ...and drawn
     # Clicking a node shows its source lines.
     score = next(la for la in data["layers"] if la["name"] == "score_pool4c")
+    box = browser.find_element(By.ID, "search")
+    box.send_keys("score_pool4c\n")  # Enter brings the first match into view
     node = browser.find_element(By.ID, score["node"])
-    browser.execute_script("centreOn(arguments[0])", node)  # pan to it, as a user would
+    pane = browser.find_element(By.ID, "graph").rect
+    r = node.rect
+    assert pane["x"] <= r["x"] and r["x"] + r["width"] <= pane["x"] + pane["width"]
+    assert pane["y"] <= r["y"] and r["y"] + r["height"] <= pane["y"] + pane["height"]
+    browser.execute_script("select(0, false)")  # another layer, the view left where it is
+    assert browser.find_element(By.ID, "side").get_attribute("data-layer") == "input"
     node.click()
     side = browser.find_element(By.ID, "side").text
     assert 'name: "score_pool4c"' in side and "offset: 5" in side
     assert f"{score['source'][0][0]}" in side and "1x21x34x34" in side
+    box.send_keys(Keys.CONTROL, "a")
+    box.send_keys(Keys.BACKSPACE)  # an emptied search shows every row again
     # The table sorts: by MACs, descending on the second click.
     head = browser.find_elements(By.CSS_SELECTOR, "#layers th")[5]
     head.click()
@@ -185,7 +195,6 @@ def test_fcn8s_in_chromium(browser, pages: dict[str, Path]) -> None:
     by_macs = sorted(data["layers"], key=lambda la: -la["macs"])
     assert names[0] == by_macs[0]["name"] == "fc6"
     # Search narrows the table and marks the matching nodes.
-    box = browser.find_element(By.ID, "search")
     box.send_keys("crop")
     visible = [
         r for r in browser.find_elements(By.CSS_SELECTOR, "#layers tbody tr") if r.is_displayed()

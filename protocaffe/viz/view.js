@@ -24,12 +24,15 @@ function start() {
   view = {x, y, w: r.width, h: r.height};
   apply();
 }
-function svgPoint(ev) {
+// Screen (client) coordinates -> viewBox coordinates, for the current view (xMidYMid meet).
+function toUser(clientX, clientY) {
   const r = svg.getBoundingClientRect();
   const scale = Math.max(view.w / r.width, view.h / r.height);
-  const cx = view.x + view.w / 2 - (r.width / 2) * scale, cy = view.y + view.h / 2 - (r.height / 2) * scale;
-  return {x: cx + (ev.clientX - r.left) * scale, y: cy + (ev.clientY - r.top) * scale, scale};
+  const x0 = view.x + view.w / 2 - (r.width / 2) * scale;
+  const y0 = view.y + view.h / 2 - (r.height / 2) * scale;
+  return {x: x0 + (clientX - r.left) * scale, y: y0 + (clientY - r.top) * scale, scale};
 }
+function svgPoint(ev) { return toUser(ev.clientX, ev.clientY); }
 svg.addEventListener("wheel", ev => {
   ev.preventDefault();
   const p = svgPoint(ev), f = ev.deltaY < 0 ? 1 / 1.2 : 1.2;
@@ -50,11 +53,8 @@ window.addEventListener("mousemove", ev => {
 window.addEventListener("mouseup", () => { setTimeout(() => { drag = null; }, 0);
   pane.classList.remove("dragging"); });
 function centreOn(g) {
-  // The node's box in the viewBox's coordinates (Graphviz translates its top group).
-  const b = g.getBBox(), m = svg.getScreenCTM().inverse().multiply(g.getScreenCTM());
-  const corner = (x, y) => { const p = svg.createSVGPoint(); p.x = x; p.y = y; return p.matrixTransform(m); };
-  const a = corner(b.x, b.y), z = corner(b.x + b.width, b.y + b.height);
-  const r = svg.getBoundingClientRect();
+  const b = g.getBoundingClientRect(), r = svg.getBoundingClientRect();
+  const a = toUser(b.left, b.top), z = toUser(b.right, b.bottom);
   const w = Math.max(r.width, (z.x - a.x) * 1.5), h = w * (r.height / r.width);
   view = {x: (a.x + z.x) / 2 - w / 2, y: (a.y + z.y) / 2 - h / 2, w, h};
   apply();
