@@ -22,7 +22,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset
 
-from protocaffe.data.sources import SOURCES, MemoryDataSource, Source
+from protocaffe.data.pylayer import PythonLayers, refuse
+from protocaffe.data.sources import SOURCES, MemoryDataSource, PythonSource, Source
 from protocaffe.diagnostics import input_error
 
 if TYPE_CHECKING:
@@ -152,13 +153,15 @@ def make_feeder(
     world_size: int = 1,
     seed: int | None = None,
     prefetch: int | None = None,
+    python_layers: PythonLayers | None = None,
 ) -> Feeder:
     """A `Feeder` for `graph` (from `protocaffe.ir.build_graph`, TRAIN or TEST phase).
 
     Contract:
     - yields, forever, `dict[str, torch.Tensor]` keyed by every input blob of the net
       (`graph.inputs`, i.e. the lowered module's `input_names`: the tops of its Data,
-      ImageData, HDF5Data and MemoryData layers), float32 on the CPU, batch axis first,
+      ImageData, HDF5Data, MemoryData and Python data layers), float32 on the CPU, batch
+      axis first,
       each layer's records in Caffe's order (wrapping at the end of the source, as Caffe);
       `module(next(feeder))` runs one forward pass. DummyData tops are not in it: the module
       fills them itself on every pass, as Caffe does;
@@ -168,6 +171,8 @@ def make_feeder(
       fresh entropy, like Caffe without `random_seed`;
     - bad data (a missing source, a corrupt record, a dataset that disagrees with the net)
       raises `CompileError` naming the file and record, at `next()`;
+    - Python data layers run only from `python_layers` (`pylayer.PythonLayers.load`, the
+      user's opt-in); without it a net that has one is an error naming the flag to pass;
     - `prefetch` batches are read ahead on one background thread (default: the largest
       data_param.prefetch, else 4); call `close()` (or use `with`) to stop it early.
     """
@@ -178,6 +183,12 @@ def make_feeder(
     for index, layer in enumerate(graph.layers):
         if layer.spec is None or not layer.spec.is_input:
             continue
+        args = (layer, graph.phase, rank, world_size, _seeded(seed, rank, index))
+        if layer.type == "Python":
+            if python_layers is None or layer.name not in python_layers.layers:
+                raise refuse(layer)
+            sources.append(PythonSource(*args, layer=python_layers.layers[layer.name]))
+            continue
         kind = SOURCES.get(layer.type)
         if kind is None:
             raise input_error(
@@ -186,7 +197,7 @@ def make_feeder(
                 layer.span,
                 hint="an Input layer is fed by the caller: pass its blobs to the module",
             )
-        sources.append(kind(layer, graph.phase, rank, world_size, _seeded(seed, rank, index)))
+        sources.append(kind(*args))
         if layer.type == "Data":
             depths.append(int(layer.proto.data_param.prefetch))
     if prefetch is None:

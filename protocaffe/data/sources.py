@@ -10,6 +10,8 @@ per top in top order, as the layer's Forward would fill them:
 - `HDF5Data`: the rows of the listed files' datasets named after the tops; with `shuffle`, file
   order and row order shuffled (rows never mix across files); no transform (Caffe rejects one).
 - `MemoryData`: arrays handed in through `Feeder.set_input_arrays`, batch after batch.
+- `Python`: a user's data layer the user allowed (`protocaffe.data.pylayer`): its tops after
+  each reshape + forward.
 
 Multi-process training (Caffe's multi-GPU): `Data` and `HDF5Data` keep, at TRAIN, only the
 records whose running offset (counting every record visited, across wraps) is `rank` modulo
@@ -263,6 +265,20 @@ class MemoryDataSource(Source):
         n, start = _batch_size(self), self.position
         self.position = (start + n) % data.shape[0]
         return [data[start : start + n], labels[start : start + n]]
+
+
+class PythonSource(Source):
+    """A set-up user layer (`pylayer.PythonLayer`); run on the caller's thread, as Caffe runs
+    Python layers on the net's own."""
+
+    prefetch = False
+
+    def __init__(self, *args: Any, layer: Any) -> None:
+        super().__init__(*args)
+        self.user = layer
+
+    def batches(self) -> Iterator[Batch]:
+        return iter(self.user.forward, None)
 
 
 def _take(stream: Iterator[T], n: int, source: str) -> Iterator[T]:

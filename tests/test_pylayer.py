@@ -1,0 +1,114 @@
+"""Python data layers through the pycaffe shim: only when allowed, in Caffe's call order
+(setup, reshape at setup; then reshape + forward per batch), errors located in user code."""
+
+from __future__ import annotations
+
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+from protocaffe.data import make_feeder
+from protocaffe.data.pylayer import PythonLayers
+from protocaffe.diagnostics import CompileError
+from protocaffe.frontend import parse_text
+from protocaffe.ir.build import build_graph
+
+# In the style of FCN's voc_layers.py: param_str eval'd, tops reshaped to each item's size.
+USER_LAYER = """
+import caffe
+import numpy as np
+
+
+class SegDataLayer(caffe.Layer):
+    def setup(self, bottom, top):
+        params = eval(self.param_str)
+        self.n, self.idx = params["n"], 0
+        self.calls = []
+        if len(top) != 2:
+            raise Exception("Need to define two tops: data and label.")
+
+    def reshape(self, bottom, top):
+        self.calls.append("reshape")
+        self.data = np.full((3, 4 + self.idx, 5), self.idx, dtype=np.float32)
+        self.label = np.full((1, 4 + self.idx, 5), 10 + self.idx)
+        top[0].reshape(1, *self.data.shape)
+        top[1].reshape(1, *self.label.shape)
+
+    def forward(self, bottom, top):
+        self.calls.append("forward")
+        if self.phase == caffe.TEST and self.idx == 2:
+            raise ValueError("no third image at TEST")
+        top[0].data[...] = self.data
+        top[1].data[...] = self.label
+        self.idx = (self.idx + 1) % self.n
+"""
+
+NET = """
+layer { name: "data" type: "Python" top: "data" top: "label"
+  python_param { module: "seg_layers" layer: "SegDataLayer" param_str: "{'n': 3}" } }
+layer { name: "conv" type: "Convolution" bottom: "data" top: "score"
+  convolution_param { num_output: 2 kernel_size: 1 } }
+"""
+
+
+@pytest.fixture
+def layer_dir(tmp_path):
+    (tmp_path / "seg_layers.py").write_text(textwrap.dedent(USER_LAYER))
+    yield tmp_path
+    sys.modules.pop("seg_layers", None)
+
+
+def test_python_layers_run_only_when_allowed(layer_dir):
+    parsed = parse_text(NET, "<net>")
+    graph = build_graph(parsed, "TRAIN", input_shapes={"data": (1, 3, 4, 5), "label": (1, 1, 4, 5)})
+    with pytest.raises(CompileError) as info:
+        make_feeder(graph)
+    diag = info.value.diagnostics[0]
+    assert "seg_layers.SegDataLayer" in diag.message and "--python-layers" in diag.hint
+    assert "seg_layers" not in sys.modules  # nothing was imported
+
+
+def test_setup_shapes_then_reshape_and_forward_per_batch(layer_dir):
+    parsed = parse_text(NET, "<net>")
+    layers = PythonLayers.load(parsed.message, "TRAIN", path=[str(layer_dir)])
+    assert "caffe" not in sys.modules or sys.modules["caffe"].__name__ != "protocaffe.pycaffe"
+    assert layers.shapes == {"data": (1, 3, 4, 5), "label": (1, 1, 4, 5)}
+    graph = build_graph(parsed, "TRAIN", input_shapes=layers.shapes)
+    assert graph.blob("score").shape == (1, 2, 4, 5)
+    feeder = make_feeder(graph, python_layers=layers)
+    batches = [next(feeder) for _ in range(4)]
+    # Items vary in size (reshape runs before every forward) and wrap after n = 3.
+    assert [tuple(b["data"].shape) for b in batches] == [
+        (1, 3, 4, 5),
+        (1, 3, 5, 5),
+        (1, 3, 6, 5),
+        (1, 3, 4, 5),
+    ]
+    assert [float(b["label"].flatten()[0]) for b in batches] == [10, 11, 12, 10]
+    np.testing.assert_array_equal(batches[1]["data"].numpy(), np.ones((1, 3, 5, 5)))
+    calls = layers.layers["data"].instance.calls
+    assert calls[:3] == ["reshape", "reshape", "forward"]  # SetUp's reshape, then Forward's
+
+
+def test_user_exception_names_the_layer_and_line(layer_dir):
+    parsed = parse_text(NET, "<net>")
+    layers = PythonLayers.load(parsed.message, "TEST", path=[str(layer_dir)])
+    feeder = make_feeder(
+        build_graph(parsed, "TEST", input_shapes=layers.shapes), python_layers=layers
+    )
+    next(feeder), next(feeder)
+    with pytest.raises(CompileError) as info:
+        next(feeder)
+    message = info.value.diagnostics[0].message
+    assert "Python layer 'data' (seg_layers.SegDataLayer): forward raised ValueError" in message
+    assert "seg_layers.py:" in message
+
+
+def test_missing_module_says_which_flag(tmp_path):
+    parsed = parse_text(NET, "<net>")
+    with pytest.raises(CompileError) as info:
+        PythonLayers.load(parsed.message, "TRAIN", path=[str(tmp_path)])
+    diag = info.value.diagnostics[0]
+    assert "cannot import module seg_layers" in diag.message and "--python-layers" in diag.hint
