@@ -343,7 +343,8 @@ def caffe_pool2d(
     ]
     border = (pad[1], extra[1], pad[0], extra[0])
     if method == MAX:
-        xp = F.pad(x, border, value=-FLT_MAX)
+        # -FLT_MAX, or the lowest value of a narrower dtype (half, bfloat16) holding x
+        xp = F.pad(x, border, value=max(-FLT_MAX, torch.finfo(x.dtype).min))
         y, idx = F.max_pool2d(xp, kernel, stride, return_indices=True)
         y = y[..., : out[0], : out[1]]
         if not return_mask:
