@@ -219,3 +219,10 @@ def test_dense_image_data_shapes(params: str, transform: str, hw: tuple[int, int
 def test_dense_image_data_without_a_size_asks_for_shapes() -> None:
     err = error_of(dense(""), {})
     assert "--shape data=2,3,H,W --shape label=2,1,H,W" in err.message
+
+
+def test_a_one_bottom_upsample_in_a_segnet_file_says_it_is_yolos() -> None:
+    text = 'layer { name: "up" type: "Upsample" bottom: "x" top: "u" upsample_param { scale: 2 } }'
+    graph = compile_snippet(text, {"x": X.shape})
+    notes = [d.message for d in graph.diagnostics if d.severity == "note"]
+    assert any("read as the YOLO forks' nearest-neighbour Upsample" in n for n in notes)

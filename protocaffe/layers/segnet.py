@@ -340,6 +340,8 @@ class Upsample(LayerDef):
             scale = ctx.param.scale if ctx.has("scale") else 1
             if scale <= 0:
                 ctx.fail(f"scale must be positive, got {scale}", "scale")
+            if ctx.dialect == SEGNET:  # the bottom count decides, whatever the file reads as
+                ctx.note("one bottom: read as the YOLO forks' nearest-neighbour Upsample")
             if len(x) < 2:
                 ctx.fail(f"bottom '{names[0]}' of shape {shape_str(x)} has fewer than 2 axes")
             return [(*x[:-2], x[-2] * scale, x[-1] * scale)]
