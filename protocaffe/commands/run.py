@@ -233,41 +233,24 @@ def _parse_hw(text: str | None) -> tuple[int, int] | None:
 
 
 def preprocess_for(graph: Any, args: argparse.Namespace) -> Preprocess:
-    """Defaults from the fed data layer's transform_param, overridden by flags."""
+    """The fed input's preparation: its data layer's transform_param, overridden by flags."""
     from protocaffe.cli import UsageError
-    from protocaffe.runtime.preprocess import Preprocess, load_mean_file, parse_floats
+    from protocaffe.runtime.preprocess import for_input, parse_floats
 
-    mean_image = None
     mean_file = _mean_file_arg(args.mean)
-    if mean_file is not None:
-        mean, mean_image = None, load_mean_file(mean_file)
-    else:
-        try:
-            mean = parse_floats(args.mean, "--mean")
-        except CompileError as err:
-            raise UsageError(err.diagnostics[0].message) from None
-    value = fed_input(graph)
-    proto = value.producer.proto if value.producer is not None else None
-    has_transform = proto is not None and proto.HasField("transform_param")
-    transform = proto.transform_param if has_transform else None
-    prep = Preprocess.from_transform(
-        transform,
+    try:
+        mean = None if mean_file is not None else parse_floats(args.mean, "--mean")
+    except CompileError as err:
+        raise UsageError(err.diagnostics[0].message) from None
+    return for_input(
+        fed_input(graph),
+        args.net,
         mean=mean,
+        mean_file=mean_file,
         scale=args.scale,
         bgr=args.bgr,
         resize=_parse_hw(args.resize),
     )
-    if mean_image is not None:  # --mean FILE replaces the net's mean values / mean file
-        prep.mean, prep.mean_image = None, mean_image
-    elif mean is None and transform is not None and transform.HasField("mean_file"):
-        if len(transform.mean_value):
-            raise input_error(
-                "transform_param sets both mean_file and mean_value; Caffe accepts only one",
-                proto_span(value.producer),
-            )
-        prep.mean_image = load_mean_file(_resolve_near(transform.mean_file, args.net))
-    prep.grey = len(value.shape) == 4 and value.shape[1] == 1
-    return prep
 
 
 def _mean_file_arg(text: str | None) -> str | None:
@@ -279,21 +262,6 @@ def _mean_file_arg(text: str | None) -> str | None:
             raise input_error(f"--mean {text}: no such file")
         return text
     return None
-
-
-def _resolve_near(path: str, net: str) -> str:
-    """A path from the prototxt: as given (Caffe resolves it from the working directory),
-    else next to the prototxt."""
-    if Path(path).is_file():
-        return path
-    near = Path(net).parent / path
-    if near.is_file():
-        return str(near)
-    raise input_error(
-        f"transform_param.mean_file {path}: no such file (looked in the working directory "
-        f"and next to {net})",
-        hint="pass --mean FILE.binaryproto or --mean B,G,R",
-    )
 
 
 def proto_span(layer: Any) -> Any:

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -90,6 +91,44 @@ class Preprocess:
                 "per-channel --mean B,G,R"
             )
             raise
+
+
+def for_input(
+    value: Any,
+    net_path: str | Path,
+    *,
+    mean: tuple[float, ...] | None = None,
+    mean_file: str | None = None,
+    scale: float | None = None,
+    bgr: bool | None = None,
+    resize: tuple[int, int] | None = None,
+) -> Preprocess:
+    """How to prepare images for graph input `value`: its data layer's transform_param
+    (mean_value or mean_file, found from the working directory or next to the prototxt
+    `net_path`; scale; crop_size), overridden by what is given (`mean_file` replaces any mean).
+    """
+    from protocaffe.runtime.transform import find_file
+
+    layer = value.producer
+    proto = layer.proto if layer is not None else None
+    transform = proto.transform_param if proto and proto.HasField("transform_param") else None
+    prep = Preprocess.from_transform(transform, mean=mean, scale=scale, bgr=bgr, resize=resize)
+    if mean_file is not None:
+        prep.mean, prep.mean_image = None, load_mean_file(mean_file)
+    elif mean is None and transform is not None and transform.HasField("mean_file"):
+        span = layer.span if layer is not None else None
+        if len(transform.mean_value):
+            raise input_error(
+                "transform_param sets both mean_file and mean_value; Caffe accepts only one", span
+            )
+        try:
+            path = find_file(transform.mean_file, Path(net_path).parent, span)
+        except CompileError as err:
+            err.diagnostics[0].hint = "pass --mean FILE.binaryproto or --mean B,G,R"
+            raise
+        prep.mean_image = load_mean_file(path)
+    prep.grey = len(value.shape) == 4 and value.shape[1] == 1
+    return prep
 
 
 def load_mean_file(path: str | Path) -> np.ndarray:
