@@ -194,3 +194,17 @@ def test_missing_image_names_the_list_line(image_list):
     with make_feeder(graph(image_net(batch=2))) as feeder, pytest.raises(CompileError) as info:
         next(feeder)
     assert "list.txt:2" in info.value.diagnostics[0].message
+
+
+def test_leveldb_backend(tmp_path, monkeypatch, images):
+    plyvel = pytest.importorskip("plyvel")
+    monkeypatch.chdir(tmp_path)
+    db = plyvel.DB("train_leveldb", create_if_missing=True)
+    for i in (2, 0, 1):  # LevelDB iterates in key order whatever the insertion order
+        db.put(f"{i:08d}".encode(), datum(images[i], 10 + i))
+    db.close()
+    net = data_net().replace('"train_lmdb" backend: LMDB', '"train_leveldb"')  # the default
+    g = graph(net)
+    assert g.blob("data").shape == (2, 3, 6, 7)
+    with make_feeder(g) as feeder:
+        assert [next(feeder)["label"].tolist() for _ in range(2)] == [[10, 11], [12, 10]]
