@@ -140,6 +140,12 @@ def check_output_path(path: str | Path, flag: str | None = None) -> Path:
     out = Path(path)
     what = f"{flag} {path}" if flag else f"'{path}'"
     parent = out.parent if str(out.parent) else Path(".")
+    try:
+        out.stat()
+    except OSError as err:  # a missing file is fine; "file name too long" and the like not
+        if not isinstance(err, FileNotFoundError | NotADirectoryError):
+            why = (err.strerror or str(err)).lower()
+            raise input_error(f"cannot write {what}: {why}") from None
     if out.is_dir():
         raise input_error(f"cannot write {what}: it is a directory", hint="give a file name")
     if not parent.exists():
