@@ -218,4 +218,4 @@ class TrainableNet:
     def save(self, path: str, hdf5: bool = False) -> None:
         from protocaffe.train.snapshot import write_weights
 
-        write_weights(self.module, self.learnable, path, hdf5)
+        write_weights(self.module, path, hdf5)

@@ -5,9 +5,9 @@ Each file is written to `<name>.part` in the same directory and renamed over the
 so an interrupted or failing write leaves the earlier snapshots intact. The model is written
 before the state (whose `learned_net` names it), as Caffe does.
 
-HDF5 layouts follow Caffe: a model has `data/<layer>/<i>` datasets for the blobs each layer
-owns; a state has `iter`, `learned_net`, `current_step` and `history/<i>` (net.cpp ToHDF5,
-sgd_solver.cpp SnapshotSolverStateToHDF5).
+HDF5 layouts follow Caffe: a model has `data/<layer>/<i>` datasets for each layer's blobs
+(runtime.caffemodel writes and reads both model formats); a state has `iter`, `learned_net`,
+`current_step` and `history/<i>` (sgd_solver.cpp SnapshotSolverStateToHDF5).
 """
 
 from __future__ import annotations
@@ -23,10 +23,6 @@ from protocaffe.diagnostics import input_error
 if TYPE_CHECKING:
     import torch
 
-    from protocaffe.train.params import LearnableBlob
-
-HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
-
 
 @dataclass
 class SolverStateData:
@@ -36,15 +32,6 @@ class SolverStateData:
     learned_net: str
     current_step: int = 0
     history: list[Any] = field(default_factory=list)
-
-
-def is_hdf5(path: str | Path) -> bool:
-    """Caffe picks the HDF5 reader by content for weights (H5Fis_hdf5)."""
-    try:
-        with open(path, "rb") as f:
-            return f.read(8) == HDF5_SIGNATURE
-    except OSError:
-        return False
 
 
 def atomic_write(path: str | Path, write: Callable[[Path], None]) -> None:
@@ -59,13 +46,6 @@ def atomic_write(path: str | Path, write: Callable[[Path], None]) -> None:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-
-
-def _array(tensor: Any) -> Any:
-    import numpy as np
-    import torch
-
-    return np.ascontiguousarray(tensor.detach().to("cpu", dtype=torch.float32).numpy())
 
 
 # --- solver state ---------------------------------------------------------------------------
@@ -178,95 +158,22 @@ def restore_history(history: list[torch.Tensor], saved: list[Any], path: str) ->
 # --- weights --------------------------------------------------------------------------------
 
 
-def write_weights(module: Any, blobs: list[LearnableBlob], path: str | Path, hdf5: bool) -> None:
-    """The train net's weights: a binary .caffemodel (Net::ToProto), or Caffe's HDF5 layout
-    with the blobs each layer owns (shared blobs are written once, under their owner)."""
-    if not hdf5:
-        from protocaffe.runtime.caffemodel import save_caffemodel
+def write_weights(module: Any, path: str | Path, hdf5: bool) -> None:
+    """The train net's weights: a binary .caffemodel (Net::ToProto) or Caffe's HDF5 layout."""
+    from protocaffe.runtime.caffemodel import save_caffemodel, save_hdf5
 
-        atomic_write(path, lambda tmp: save_caffemodel(module, tmp))
-        return
-    owned = {(b.layer, b.index): b.tensor for b in blobs}
-
-    def write(tmp: Path) -> None:
-        import h5py
-
-        with h5py.File(tmp, "w") as f:
-            data = f.create_group("data")
-            for layer in module.caffe_graph.layers:
-                if layer.name in data:
-                    continue
-                group = data.create_group(layer.name)
-                for i in range(len(layer.blob_specs)):
-                    if (layer, i) in owned:
-                        group.create_dataset(str(i), data=_array(owned[(layer, i)]))
-
-    atomic_write(path, write)
+    save = save_hdf5 if hdf5 else save_caffemodel
+    atomic_write(path, lambda tmp: save(module, tmp))
 
 
 def load_weights(module: Any, path: str | Path) -> None:
-    """Caffe's CopyTrainedLayersFrom: layers matched by name, file layers the net lacks and
-    net layers the file lacks are skipped (those keep their current values)."""
+    """Caffe's CopyTrainedLayersFrom (binary or HDF5): layers matched by name; file layers
+    the net lacks and net layers the file lacks are skipped (those keep their values)."""
     import warnings
 
-    if is_hdf5(path):
-        _load_h5_weights(module, str(path))
-        return
     from protocaffe.runtime.caffemodel import load_caffemodel
 
     report = load_caffemodel(module, path, allow_missing=True)
     for d in report.diagnostics:
-        if d.severity != "warning" or "has no weights in" not in d.message:
+        if "has no weights in" not in d.message:  # expected when fine-tuning: Caffe is silent
             warnings.warn(d.render(), stacklevel=2)
-
-
-def _load_h5_weights(module: Any, path: str) -> None:
-    import h5py
-    import torch
-
-    from protocaffe.diagnostics import Diagnostics
-    from protocaffe.layers.base import shape_str
-
-    diags = Diagnostics()
-    plan = []
-    first: dict[str, Any] = {}
-    for layer in module.caffe_graph.layers:
-        first.setdefault(layer.name, layer)
-    try:
-        f = h5py.File(path, "r")
-    except OSError as err:
-        raise input_error(f"cannot read weights '{path}': {err}") from None
-    with f:
-        data = f.get("data")
-        if data is None:
-            raise input_error(f"'{path}' is HDF5 but has no 'data' group of layer weights")
-        for name in data:
-            layer = first.get(name)
-            if layer is None or layer not in module._layer_attrs:
-                continue
-            group = data[name]
-            for key in group:
-                i = int(key)
-                if i >= len(layer.blob_specs):
-                    diags.error(
-                        f"'{path}' has blob {i} for layer '{name}', which has "
-                        f"{len(layer.blob_specs)}",
-                        layer.span,
-                    )
-                    continue
-                spec = layer.blob_specs[i]
-                array = group[key][()]
-                if tuple(array.shape) != tuple(spec.shape):
-                    diags.error(
-                        f"cannot copy param {i} weights from layer '{name}'; shape mismatch. "
-                        f"Source param shape is {shape_str(array.shape)}; target param shape "
-                        f"is {shape_str(spec.shape)}",
-                        layer.span,
-                        hint="to learn this layer's parameters from scratch, rename the layer",
-                    )
-                    continue
-                plan.append((module.blob_tensor(layer, spec.name), array))
-    diags.check()
-    with torch.no_grad():
-        for target, array in plan:
-            target.copy_(torch.from_numpy(array))
