@@ -53,12 +53,14 @@ def build_graph(
     diagnostics = sorted(builder.diags, key=_position)
     if any(d.severity == "error" for d in diagnostics):
         raise CompileError(diagnostics)
+    given = dialect is not None
     if graph.dialect.name is not None:
         diagnostics.append(
             Diagnostic(
                 "note",
                 f"fork layers are read as the '{graph.dialect.name}' dialect "
-                f"({graph.dialect.reason}); --dialect chooses another",
+                f"({graph.dialect.reason})"
+                + ("" if given else "; --dialect chooses another"),
             )
         )
     graph.diagnostics = diagnostics

@@ -343,5 +343,7 @@ def choose(constructs: Iterable[str], given: str | None = None) -> Choice:
     if not any(scores.values()):
         return Choice(None, "no fork construct")
     best = max(_PREFERENCE, key=lambda n: (scores.get(n, 0), -_PREFERENCE.index(n)))
-    shown = ", ".join(_SHOWN.get(n, n) for n in sorted(evidence[best]))
+    found = sorted(evidence[best])
+    named = [n for n in found if not n.endswith("_param")] or found  # types say enough
+    shown = ", ".join(_SHOWN.get(n, n) for n in named)
     return Choice(best, f"from the file's evidence: {shown}")
