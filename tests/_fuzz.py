@@ -58,6 +58,7 @@ class Stats:
     internal_errors: int = 0
     by_kind: dict[str, int] = field(default_factory=dict)
     failures: list[str] = field(default_factory=list)
+    distinct: set[str] = field(default_factory=set)  # the error itself, not the input
 
     def count(self, kind: str) -> None:
         self.cases += 1
@@ -67,7 +68,7 @@ class Stats:
         kinds = ", ".join(f"{k} {n}" for k, n in sorted(self.by_kind.items()))
         return (
             f"fuzz ({PROFILE} profile): {self.cases} cases ({kinds}); "
-            f"{self.internal_errors} internal errors"
+            f"{self.internal_errors} internal errors ({len(self.distinct)} distinct)"
         )
 
 
@@ -104,9 +105,11 @@ def bounded(kind: str) -> Iterator[None]:
     assert grown < RSS_BUDGET, f"{kind}: the process grew by {grown >> 20} MiB"
 
 
-def internal(kind: str, what: str) -> None:
+def internal(kind: str, what: str, error: str) -> None:
+    """Record an internal error: `what` the case, `error` the error (shrinking repeats it)."""
     STATS.internal_errors += 1
-    STATS.failures.append(f"{kind}: {what[:300]}")
+    STATS.failures.append(f"{kind}: {what[:300]}: {error[:300]}")
+    STATS.distinct.add(error.strip().splitlines()[0][:200] if error.strip() else kind)
 
 
 @dataclass
@@ -134,12 +137,12 @@ def cli(argv: list[str], kind: str = "cli", stdin: str = "") -> Outcome:
         except SystemExit as exit_:  # argparse: usage errors, --help, --version
             code = exit_.code if isinstance(exit_.code, int) else 2
         except Exception as exc:  # main() must never let one out
-            internal(kind, f"{argv!r}: {type(exc).__name__}: {exc}")
+            internal(kind, repr(argv), f"{type(exc).__name__}: {exc}")
             raise
     result = Outcome(code, out.getvalue(), err.getvalue(), time.perf_counter() - start)
     text = result.out + result.err
     if "internal error" in text or "Traceback (most recent call last)" in text:
-        internal(kind, f"{argv!r}: {text[-600:]}")
+        internal(kind, repr(argv), text.split("internal error:")[-1])
         raise AssertionError(f"protocaffe {' '.join(map(str, argv))}: {text[-2000:]}")
     assert code in (0, 1, 2), f"exit {code}: {argv!r}"
     return result
@@ -155,5 +158,5 @@ def api(fn: Callable[[], Any], kind: str = "api") -> Any:
             assert err.diagnostics and str(err), "a CompileError without diagnostics"
             return err
         except Exception as exc:
-            internal(kind, f"{type(exc).__name__}: {exc}")
+            internal(kind, "", f"{type(exc).__name__}: {exc}")
             raise

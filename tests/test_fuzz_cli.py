@@ -150,7 +150,7 @@ def workdir():
             os.chdir(old)
 
 
-@fuzz_settings(90)
+@fuzz_settings(80)
 @given(
     seed=st.sampled_from(range(len(SEEDS))),
     edits=st.lists(mutation, min_size=1, max_size=4),
@@ -222,7 +222,7 @@ def _choice(action: argparse.Action) -> st.SearchStrategy[str]:
     return st.sampled_from(sorted(map(str, action.choices)))
 
 
-@fuzz_settings(150)
+@fuzz_settings(120)
 @given(argv=hostile_argv())
 def test_hostile_arguments(workdir, argv):
     cli(argv, "argv")
@@ -233,8 +233,6 @@ def test_hostile_arguments(workdir, argv):
     [
         ["compile", "/dev/zero"],
         ["bench", "tiny.prototxt", "--shape", "data=99999999,99999999,99999999,99999999"],
-        ["run", "tiny.prototxt", "--input", "bomb.png", "--device", "cpu"],
-        ["convert", "tiny.prototxt", "-w", "binary.bin", "-o", "x.pt"],
     ],
 )
 def test_a_shell_user_sees_no_traceback(workdir, argv):
