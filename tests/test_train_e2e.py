@@ -254,3 +254,57 @@ def test_weights_and_snapshot_together_is_a_usage_error(tmp_path, capsys):
     with pytest.raises(SystemExit) as err:
         main(["train", "s.prototxt", "--weights", "a", "--snapshot", "b"])
     assert err.value.code == 2
+
+
+PY_LAYER = """
+import caffe
+import numpy as np
+
+
+class Pairs(caffe.Layer):
+    def setup(self, bottom, top):
+        self.k = 0
+
+    def reshape(self, bottom, top):
+        top[0].reshape(4, 3)
+        top[1].reshape(4, 2)
+
+    def forward(self, bottom, top):
+        rng = np.random.default_rng(self.k)
+        self.k += 1
+        top[0].data[...] = rng.normal(size=(4, 3))
+        top[1].data[...] = rng.normal(size=(4, 2))
+"""
+
+PY_NET = """name: "py"
+layer { name: "data" type: "Python" top: "x" top: "t"
+  python_param { module: "pairs_layer" layer: "Pairs" } }
+layer { name: "ip" type: "InnerProduct" bottom: "x" top: "y"
+  inner_product_param { num_output: 2 weight_filler { type: "gaussian" std: 0.5 } } }
+layer { name: "loss" type: "EuclideanLoss" bottom: "y" bottom: "t" top: "loss" }
+"""
+
+
+def test_python_data_layers_only_when_allowed(tmp_path, monkeypatch, capsys):
+    from protocaffe.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "layers").mkdir()
+    (tmp_path / "layers" / "pairs_layer.py").write_text(PY_LAYER)
+    (tmp_path / "net.prototxt").write_text(PY_NET)
+    (tmp_path / "solver.prototxt").write_text(
+        'net: "net.prototxt"\nbase_lr: 0.1\nlr_policy: "fixed"\nmax_iter: 2\n'
+        "snapshot_after_train: false\ndisplay: 1\n"
+    )
+    assert main(["train", "solver.prototxt"]) == 1
+    assert "--python-layers" in capsys.readouterr().err
+    assert main(["train", "solver.prototxt", "--python-layers", "layers"]) == 0
+    out = capsys.readouterr().out
+    # Batch k of the layer is rng(k): the first displayed loss is the oracle's.
+    solver = protocaffe.Solver("solver.prototxt", device="cpu", python_path=["layers"])
+    w, b = (t.detach().double().numpy() for t in solver.net.params["ip"])
+    rng = np.random.default_rng(0)
+    x, t = rng.normal(size=(4, 3)), rng.normal(size=(4, 2))
+    loss = ((x @ w.T + b - t) ** 2).sum() / 8
+    assert solver.net.forward_loss() == pytest.approx(loss, rel=1e-5)
+    assert "Iteration 1 (" in out

@@ -34,6 +34,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N (auto)")
     p.add_argument("--dtype", choices=("float32", "float64"), default="float32", help="(float32)")
     p.add_argument("--seed", type=int, help="seed for fillers of layers without weights")
+    p.add_argument(
+        "--python-layers",
+        action="append",
+        metavar="DIR",
+        help="allow the net's Python data layers, importing their modules from DIR",
+    )
     p.set_defaults(func=run)
 
 
@@ -44,9 +50,8 @@ def run(args: argparse.Namespace) -> int:
     from protocaffe.commands._args import read_input
     from protocaffe.data import make_feeder
     from protocaffe.frontend import load_net
-    from protocaffe.ir.build import build_graph
     from protocaffe.runtime.api import resolve_device, resolve_dtype
-    from protocaffe.train.net import TrainableNet
+    from protocaffe.train.net import TrainableNet, net_graph
     from protocaffe.train.report import num
 
     try:
@@ -54,12 +59,14 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as err:
         raise UsageError(f"--device {args.device}: {str(err).split(': ', 1)[-1]}") from None
     read_input(args.net)
-    graph = build_graph(load_net(args.net), phase=args.phase, stages=args.stage, level=args.level)
+    graph, python = net_graph(
+        load_net(args.net), args.phase, args.stage, args.level, args.python_layers
+    )
     net = TrainableNet(graph, device=device, dtype=resolve_dtype(args.dtype), seed=args.seed)
     for path in (w.strip() for w in args.weights.split(",") if w.strip()):
         net.copy_from(path)
     if graph.inputs:
-        net.set_feed(make_feeder(graph, seed=args.seed))
+        net.set_feed(make_feeder(graph, seed=args.seed, python_layers=python))
     f32 = np.float32
     sums: list[np.float32] = []
     loss = f32(0)

@@ -54,6 +54,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--stage", action="append", default=[], help="add a stage to train_state")
     p.add_argument("--level", type=int, help="train_state level")
     p.add_argument("--log", metavar="FILE.jsonl", help="append JSON-lines records to FILE")
+    p.add_argument(
+        "--python-layers",
+        action="append",
+        metavar="DIR",
+        help="allow the nets' Python data layers, importing their modules from DIR",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar, even on a terminal")
     p.set_defaults(func=run)
 
@@ -92,6 +98,7 @@ def run(args: argparse.Namespace) -> int:
             reporter=reporter,
             rank=rank,
             world_size=world,
+            python_path=args.python_layers,
         )
         if args.iterations is not None:
             solver.param.max_iter = args.iterations

@@ -51,6 +51,40 @@ def loss_weights(graph: Graph) -> dict[str, float]:
     return weights
 
 
+def net_graph(
+    parsed: Any,
+    phase: int | str,
+    stages: list[str],
+    level: int | None,
+    python_path: list[str] | None,
+) -> tuple[Graph, Any]:
+    """The graph of `parsed` for one NetState and its Python data layers, set up when the
+    user allowed them (`python_path` not None; their tops' shapes come from their setup)."""
+    from protocaffe.data.pylayer import FLAG_HINT, PythonLayers
+    from protocaffe.ir.build import build_graph
+    from protocaffe.ir.state import layer_included, net_state
+
+    net = parsed.message
+    python = None
+    state = net_state(net, phase, stages, level)
+    spans = lambda i: parsed.source_map.span(("layer", i, "type"))  # noqa: E731
+    for i, proto in enumerate(net.layer):
+        if proto.type != "Python" or len(proto.bottom) or not layer_included(state, proto):
+            continue
+        if python_path is None:
+            p = proto.python_param
+            raise input_error(
+                f"layer '{proto.name}' runs Python code ({p.module}.{p.layer}); it is not "
+                "imported unless you allow it",
+                spans(i),
+                hint=FLAG_HINT,
+            )
+        python = PythonLayers.load(net, phase, stages, level, python_path, spans)
+        break
+    shapes = python.shapes if python is not None else None
+    return build_graph(parsed, phase=phase, stages=stages, level=level, input_shapes=shapes), python
+
+
 class TrainableNet:
     """One Caffe Net (train or test) for the solver; see the module docstring."""
 

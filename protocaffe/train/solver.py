@@ -23,7 +23,7 @@ import numpy as np
 from protocaffe.diagnostics import Diagnostics, input_error
 from protocaffe.ir.state import TEST, TRAIN
 from protocaffe.train import lr_policy
-from protocaffe.train.net import TrainableNet
+from protocaffe.train.net import TrainableNet, net_graph
 from protocaffe.train.report import Reporter
 from protocaffe.train.snapshot import (
     SolverStateData,
@@ -70,6 +70,8 @@ class Solver:
     `weights` (paths) are loaded into the train and test nets after the fillers, as
     `caffe train --weights`. `stages`/`level` add to `train_state` (`caffe train --stage`).
     `rank`/`world_size` are set by `protocaffe.train.distributed` for multi-process runs.
+    Python data layers run only with `allow_python_layers=True` or `python_path` (directories
+    to import their modules from; `--python-layers DIR`).
     """
 
     def __init__(
@@ -84,6 +86,8 @@ class Solver:
         reporter: Reporter | None = None,
         rank: int = 0,
         world_size: int = 1,
+        allow_python_layers: bool = False,
+        python_path: list[str] | None = None,
     ) -> None:
         import torch
 
@@ -91,6 +95,9 @@ class Solver:
 
         self.param, self._span_of, self.path = load_solver_param(solver)
         self.rank, self.world_size = rank, world_size
+        # Python data layers run user code: only when allowed (None: refused).
+        allowed = allow_python_layers or python_path is not None
+        self.python_path = list(python_path or []) if allowed else None
         self.device = resolve_device(device)
         self.dtype = resolve_dtype(dtype)
         self.reporter = reporter or Reporter(quiet=rank != 0)
@@ -151,14 +158,14 @@ class Solver:
 
         return load_net(format_message(message) + "\n")
 
-    def _graph(self, parsed: Any, phase: int, state: Any) -> Any:
-        """The net for Caffe's merged NetState: the phase, then the net's own `state`, then
-        the solver's train_state/test_state (later ones win; stages add up)."""
-        from protocaffe.ir.build import build_graph
-
-        net_state = parsed.message.state if parsed.message.HasField("state") else None
-        if net_state is not None and net_state.HasField("phase"):
-            phase = net_state.phase
+    def _graph(self, parsed: Any, phase: int, state: Any) -> tuple[Any, Any]:
+        """The net for Caffe's merged NetState (the phase, then the net's own `state`, then
+        the solver's train_state/test_state: later ones win, stages add up), and its Python
+        data layers, set up when the user allowed them (their tops' shapes come from them)."""
+        net = parsed.message
+        declared = net.state if net.HasField("state") else None
+        if declared is not None and declared.HasField("phase"):
+            phase = declared.phase
         level = None
         stages: list[str] = []
         if state is not None:
@@ -167,9 +174,10 @@ class Solver:
             if state.HasField("level"):
                 level = state.level
             stages = list(state.stage)
-        return build_graph(parsed, phase=phase, stages=stages, level=level)
+        return net_graph(parsed, phase, stages, level, self.python_path)
 
-    def _make_net(self, graph: Any, seed: int | None) -> TrainableNet:
+    def _make_net(self, built: tuple[Any, Any], seed: int | None) -> TrainableNet:
+        graph, python = built
         net = TrainableNet(
             graph,
             device=self.device,
@@ -177,7 +185,15 @@ class Solver:
             seed=seed,
             force_backward=graph.net.force_backward,
         )
-        net.feed_factory = _data_feeder(graph, self.rank, self.world_size, seed, graph.phase)
+        train = graph.phase == TRAIN
+        net.feed_factory = _data_feeder(
+            graph,
+            # Caffe strides Data/HDF5Data records by rank in the train net only.
+            rank=self.rank if train else 0,
+            world_size=self.world_size if train else 1,
+            seed=seed,
+            python_layers=python,
+        )
         return net
 
     def _train_net(self, seed: int | None, stages: list[str], level: int | None) -> TrainableNet:
@@ -203,8 +219,7 @@ class Solver:
         state.stage.extend(stages)
         if level is not None:
             state.level = level
-        graph = self._graph(parsed, TRAIN, state)
-        return self._make_net(graph, seed)
+        return self._make_net(self._graph(parsed, TRAIN, state), seed)
 
     def _test_nets(self) -> list[TrainableNet]:
         p = self.param
@@ -458,27 +473,15 @@ def _flat_outputs(net: TrainableNet) -> list[tuple[str, float, float]]:
     return [(o.blob, float(x), o.loss_weight) for o, values in net.output_values() for x in values]
 
 
-def _data_feeder(graph: Any, rank: int, world_size: int, seed: int | None, phase: int) -> Any:
-    """The data layers' feeder (protocaffe.data), or None when the net has no data layers.
-
-    Caffe strides Data/HDF5Data records by rank in the TRAIN net only."""
+def _data_feeder(graph: Any, **options: Any) -> Any:
+    """A factory of the net's data-layer feeder (protocaffe.data), or None without data
+    layers. The feeder starts (and reads) only when the net first runs."""
     if not graph.inputs:
         return None
 
     def factory() -> Any:
-        try:
-            from protocaffe.data import make_feeder
-        except ImportError:
-            raise input_error(
-                "this protocaffe has no data-layer readers (protocaffe.data)",
-                hint="feed the net with net.set_feed(...)",
-            ) from None
-        train = phase == TRAIN
-        return make_feeder(
-            graph,
-            rank=rank if train else 0,
-            world_size=world_size if train else 1,
-            seed=seed,
-        )
+        from protocaffe.data import make_feeder
+
+        return make_feeder(graph, **options)
 
     return factory
