@@ -226,3 +226,21 @@ def test_a_one_bottom_upsample_in_a_segnet_file_says_it_is_yolos() -> None:
     graph = compile_snippet(text, {"x": X.shape})
     notes = [d.message for d in graph.diagnostics if d.severity == "note"]
     assert any("read as the YOLO forks' nearest-neighbour Upsample" in n for n in notes)
+
+
+def test_weights_with_the_other_variants_blob_count_say_which_dialect(tmp_path) -> None:
+    import protocaffe
+    from protocaffe.diagnostics import CompileError
+    from protocaffe.runtime.caffemodel import save_caffemodel
+
+    net = tmp_path / "bn.prototxt"
+    net.write_text(
+        'layer { name: "x" type: "Input" top: "x" input_param { shape { dim: 1 dim: 4 } } }\n'
+        + bn("")
+    )
+    save_caffemodel(protocaffe.load(net, dialect="segnet", device="cpu"), tmp_path / "w.caffemodel")
+    with pytest.raises(CompileError) as info:
+        protocaffe.load(net, tmp_path / "w.caffemodel", device="cpu")  # read as PSPNet's
+    error = next(d for d in info.value.diagnostics if d.severity == "error")
+    assert "has 2, the net's BN layer has 4" in error.message
+    assert error.hint == "2 blobs are segnet's BN: pass --dialect segnet"

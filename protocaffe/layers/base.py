@@ -248,6 +248,10 @@ class LayerDef:
     def macs(self, ctx: ShapeContext, tops: list[Shape]) -> int:
         return 0
 
+    def blob_count_hint(self, count: int) -> str | None:
+        """What a weights file with `count` blobs for this layer suggests (a fork variant)."""
+        return None
+
     def coord_map(self, ctx: ShapeContext) -> Affine | None:
         """Affine map from top to bottom[0] coordinates on spatial axes; None = not defined."""
         return IDENTITY if self.coord_identity else None

@@ -153,6 +153,11 @@ class BatchNorm(Pointwise):
     def macs(self, ctx: ShapeContext, tops: list[Shape]) -> int:
         return count(tops[0])
 
+    def blob_count_hint(self, count: int) -> str | None:
+        if count == 5:
+            return "5 blobs are NVIDIA Caffe's BatchNorm with scale and bias: set scale_bias: true"
+        return None
+
     def emit(self, ctx: LowerContext, x: fx.Node) -> fx.Node:
         p = ctx.param
         mean, var, factor = (ctx.blob(n) for n in ("mean", "variance", "scale_factor"))

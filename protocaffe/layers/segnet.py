@@ -230,6 +230,12 @@ class BN(LayerDef):
     def macs(self, ctx: ShapeContext, tops: list[Shape]) -> int:
         return count(tops[0])
 
+    def blob_count_hint(self, count: int) -> str | None:
+        variant = {2: SEGNET, 4: PSPNET}.get(count)
+        if variant is None:
+            return None
+        return f"{count} blobs are {variant}'s BN: pass --dialect {variant}"
+
     def explain(self, ctx: ShapeContext) -> list[str]:
         found = bn_evidence(ctx.layer.proto, ctx.param)
         why = f" ({found[1]})" if found else " (from --dialect)"

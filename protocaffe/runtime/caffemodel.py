@@ -594,6 +594,7 @@ def _check_layer(
             f"incompatible number of blobs for layer '{rec.name}': {path} has "
             f"{len(rec.blobs)}, the net's {layer.type} layer has {len(specs)}",
             layer.span,
+            layer.spec.blob_count_hint(len(rec.blobs)) if layer.spec else None,
         )
         return []
     plan = []
