@@ -225,6 +225,12 @@ def read_labelled_list(source: str, span: Span | None = None) -> list[tuple[str,
 def _open_hdf5(path: str, span: Span | None) -> Any:
     import h5py
 
+    if not Path(path).is_file():
+        raise input_error(
+            f"{path}: no such HDF5 file (HDF5Data opens the paths its source lists relative "
+            "to the working directory)",
+            span,
+        )
     try:
         return h5py.File(path, "r")
     except OSError as err:
