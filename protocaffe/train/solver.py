@@ -98,6 +98,10 @@ class Solver:
         # Python data layers run user code: only when allowed (None: refused).
         allowed = allow_python_layers or python_path is not None
         self.python_path = list(python_path or []) if allowed else None
+        if device == "auto" and self.param.HasField("solver_mode"):
+            # caffe train honours solver_mode/device_id when --gpu is not given.
+            gpu = self.param.solver_mode == self.param.GPU and torch.cuda.is_available()
+            device = f"cuda:{self.param.device_id}" if gpu else "cpu"
         self.device = resolve_device(device)
         self.dtype = resolve_dtype(dtype)
         self.reporter = reporter or Reporter(quiet=rank != 0)
@@ -116,6 +120,8 @@ class Solver:
         self._losses: list[float] = []
         self._action: str | None = None
         self.requested_early_exit = False
+        if self.param.snapshot > 0 and self.root:
+            self._check_snapshot_prefix()
         given = weights if weights is not None else _split(self.param.weights)
         for path in [given] if isinstance(given, str) else given:
             for net in (self.net, *self.test_nets):
@@ -137,6 +143,22 @@ class Solver:
             diags.error("iter_size must be >= 1", self._span_of(("iter_size",)))
         lr_policy.check_policy(p, diags, self._span_of)
         diags.check()
+
+    def _check_snapshot_prefix(self) -> None:
+        """Caffe's CheckSnapshotWritePermissions, before any training: create and remove a
+        probe file beside the future snapshots (creating a missing directory first)."""
+        probe = Path(self.snapshot_filename(".tempfile"))
+        try:
+            probe.parent.mkdir(parents=True, exist_ok=True)
+            probe.touch()
+            probe.unlink()
+        except OSError as err:
+            raise input_error(
+                f"cannot write snapshots to '{self.param.snapshot_prefix}': "
+                f"{err.strerror or err}",
+                self._span_of(("snapshot_prefix",)),
+                hint="set snapshot_prefix to a writable location, or snapshot: 0",
+            ) from None
 
     def _net_file(self, name: str, field: str) -> Any:
         """A net file named by the solver: relative to the working directory, as Caffe."""
