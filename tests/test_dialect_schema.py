@@ -181,3 +181,24 @@ def test_every_selectable_dialect_is_in_the_catalogue() -> None:
     names = {d.name for d in dialects.DIALECTS}
     assert set(dialects.SELECTABLE) <= names
     assert {d.semantics for d in dialects.DIALECTS} - {None} <= set(dialects.SELECTABLE)
+
+
+def test_every_unknown_construct_is_listed_at_once() -> None:
+    text = (
+        'layer { name: "a" type: "MultiBoxLoss" multibox_loss_param { num_classes: 2 } }\n'
+        'layer { name: "b" type: "ImageLabelmapData" }\n'
+        'layer { name: "c" type: "Convolutoin" }\n'
+    )
+    with pytest.raises(CompileError) as info:
+        parse_text(text, "net.prototxt")
+    found = [
+        (d.span.line, d.message, d.notes[0] if d.notes else d.hint) for d in info.value.diagnostics
+    ]
+    assert [(line, message) for line, message, _ in found] == [
+        (1, "unknown layer type 'MultiBoxLoss' (layer 'a')"),
+        (1, "unknown field 'multibox_loss_param' in LayerParameter"),
+        (2, "unknown layer type 'ImageLabelmapData' (layer 'b')"),
+        (3, "unknown layer type 'Convolutoin' (layer 'c')"),
+    ]
+    assert "SSD fork" in found[0][2] and "SSD fork" in found[1][2] and "HED fork" in found[2][2]
+    assert "did you mean 'Convolution'" in found[3][2]

@@ -1063,11 +1063,26 @@ def parse_text(
         span = Span(source, 1, 1, 1, 1)
         raise CompileError([Diagnostic("error", "messages are nested too deeply", span)]) from None
     found = [*syntax, *builder.diags]
+    if builder.diags.has_errors and isinstance(msg, _caffe_pb2().NetParameter):
+        # The file stops here, so the layer types it uses are checked now: every unknown
+        # construct of a fork file is then listed at once.
+        found += _unknown_layer_types(msg, builder.source_map)
     if len(found) > len(builder.diags):
         found.sort(key=lambda d: (d.span.line, d.span.col) if d.span else (1 << 62, 0))
     if any(d.severity == "error" for d in found):
         raise CompileError(found)
     return ParsedFile(msg, builder.source_map, source, found)
+
+
+def _unknown_layer_types(net: Message, source_map: SourceMap) -> list[Diagnostic]:
+    from protocaffe.ir.build import unknown_type_error
+    from protocaffe.layers import REGISTRY
+
+    return [
+        unknown_type_error(layer.type, layer.name, source_map.span(("layer", i, "type")))
+        for i, layer in enumerate(net.layer)  # type: ignore[attr-defined]
+        if layer.type and layer.type not in REGISTRY
+    ]
 
 
 def _fused_diagnostic(fused: FusedValue, source: SourceFile, first: bool) -> Diagnostic:

@@ -59,8 +59,7 @@ def build_graph(
             Diagnostic(
                 "note",
                 f"fork layers are read as the '{graph.dialect.name}' dialect "
-                f"({graph.dialect.reason})"
-                + ("" if given else "; --dialect chooses another"),
+                f"({graph.dialect.reason})" + ("" if given else "; --dialect chooses another"),
             )
         )
     graph.diagnostics = diagnostics
@@ -81,6 +80,21 @@ def rebuild_graph(graph: Graph, input_shapes: Mapping[str, Shape]) -> Graph:
         input_shapes=input_shapes,
         dialect=graph.dialect.name if graph.dialect else None,
     )
+
+
+def unknown_type_error(type_name: str, layer_name: str, span: Span | None) -> Diagnostic:
+    """The error for a layer type no LayerDef registers, with the fork it most likely comes
+    from (the front end uses it too, to list every unknown type with a file's other errors)."""
+    diag = Diagnostic(
+        "error",
+        f"unknown layer type '{type_name}' (layer '{layer_name}')",
+        span,
+        suggestion_hint(type_name, REGISTRY),
+    )
+    fork = origin_of_type(type_name)
+    if fork:
+        diag.notes.append(f"'{type_name}' comes from {fork}; protocaffe does not implement it")
+    return diag
 
 
 def shape_context(
@@ -258,14 +272,9 @@ class _Builder:
     # --- checks --------------------------------------------------------------------------
 
     def unknown_type(self, layer: Layer) -> None:
-        span = self.span(*layer.path, "type")
-        hint = suggestion_hint(layer.type, REGISTRY)
-        diag = self.diags.error(
-            f"unknown layer type '{layer.type}' (layer '{layer.name}')", span, hint
+        diag = self.diags.add(
+            unknown_type_error(layer.type, layer.name, self.span(*layer.path, "type"))
         )
-        fork = origin_of_type(layer.type)
-        if fork:
-            diag.notes.append(f"'{layer.type}' comes from {fork}; protocaffe does not implement it")
         if not self.listed_types:
             self.listed_types = True
             names = sorted(REGISTRY)
