@@ -387,3 +387,15 @@ def test_batch_norm_train_updates_caffes_sums():
     np.testing.assert_allclose(blobs.scale_factor.numpy(), [1.9])
     np.testing.assert_allclose(blobs.mean.numpy(), 1.9 * mean)
     np.testing.assert_allclose(blobs.variance.numpy(), 1.9 * var * m / (m - 1))
+
+
+def test_out_of_range_label_is_a_data_error():
+    from protocaffe.diagnostics import CompileError
+
+    net = Net(
+        'layer { name: "loss" type: "SoftmaxWithLoss" bottom: "x" bottom: "label" top: "l" '
+        "loss_param { ignore_label: 255 } }",
+        {"x": np.zeros((2, 3)), "label": np.array([255.0, 3.0])},
+    )
+    with pytest.raises(CompileError, match=r"SoftmaxWithLoss 'loss': label 3 is not a class"):
+        net.gradients(["x"])

@@ -36,7 +36,12 @@ def _template(*dims: int | str | None) -> str:
     return ",".join(str(d) if d else name for d, name in zip(dims, "NCHW", strict=False))
 
 
-def resolve(ctx: ShapeContext, guesses: list[Guess], why: str, *field: str | int) -> list[Shape]:
+SIZES_HINT = "replace the letters with the sizes your data has"
+
+
+def resolve(
+    ctx: ShapeContext, guesses: list[Guess], why: str, *field: str | int, hint: str = SIZES_HINT
+) -> list[Shape]:
     """Each top's override, else its known shape; fail listing every top still unknown."""
     out: list[Shape] = []
     missing: list[str] = []
@@ -51,7 +56,7 @@ def resolve(ctx: ShapeContext, guesses: list[Guess], why: str, *field: str | int
         ctx.fail(
             f"{why}; pass {' '.join(missing)}",
             *field,
-            hint="replace the letters with the sizes your data has",
+            hint=hint,
         )
     return out
 
@@ -288,6 +293,8 @@ class Python(_Input):
             ["N,C,H,W"] * len(ctx.layer.tops),
             f"output shapes of {where} are set at run time",
             "module",
+            hint=f"{SIZES_HINT}; or let protocaffe run the layer's own code to learn them "
+            "(train/test: --python-layers DIR; Python: protocaffe.data.PythonLayers.load)",
         )
 
 

@@ -220,7 +220,7 @@ class SoftmaxWithLoss(_SoftmaxLoss):
         labels = _labels(ctx, ctx.inputs[1], outer, inner)
         valid, labels = _valid_mask(ctx, labels, ignore_label(ctx))
         norm = _normaliser(ctx, normalization(ctx), outer, inner, valid)
-        both = ctx.call(softmax_with_loss, x, labels, valid, norm)
+        both = ctx.call(softmax_with_loss, x, labels, valid, norm, ctx.layer.name)
         loss, prob = (ctx.call(operator.getitem, both, i) for i in (0, 1))
         return self._with_prob(ctx, loss, prob)
 

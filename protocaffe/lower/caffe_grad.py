@@ -57,16 +57,32 @@ def _nll_sum(prob: torch.Tensor, labels: torch.Tensor, valid: Any) -> torch.Tens
 
 
 def softmax_with_loss(
-    x: torch.Tensor, labels: torch.Tensor, valid: Any, norm: Any
+    x: torch.Tensor, labels: torch.Tensor, valid: Any, norm: Any, layer: str = ""
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(loss, prob) of SoftmaxWithLoss on `x` (outer x C x inner) with integer `labels`
-    (outer x inner, ignored positions already 0), `valid` the mask of non-ignored positions
-    (or None) and `norm` the normaliser. Without a gradient to take, plain tensor code (what
-    tracers and exporters see)."""
+    """(loss, prob) of SoftmaxWithLoss `layer` on `x` (outer x C x inner) with integer
+    `labels` (outer x inner, ignored positions already 0), `valid` the mask of non-ignored
+    positions (or None) and `norm` the normaliser. Without a gradient to take, plain tensor
+    code (what tracers and exporters see). A label outside [0, C) is a data error."""
+    _check_labels(labels, x.shape[1], layer)
     if torch.is_grad_enabled() and x.requires_grad:
         return _SoftmaxWithLoss.apply(x, labels, valid, norm)
     prob = F.softmax(x, 1)
     return _nll_sum(prob, labels, valid) / norm, prob
+
+
+def _check_labels(labels: torch.Tensor, classes: int, layer: str) -> None:
+    if torch.compiler.is_compiling():  # no data-dependent branch inside a compiled graph
+        return
+    bad = (labels < 0) | (labels >= classes)
+    if bool(bad.any()):
+        from protocaffe.diagnostics import input_error
+
+        value = int(labels[bad][0])
+        raise input_error(
+            f"SoftmaxWithLoss '{layer}': label {value} is not a class of its {classes}-way "
+            f"input (labels must be in [0, {classes - 1}], or the layer's ignore_label)",
+            hint="check the label data against the net's number of outputs",
+        )
 
 
 def eltwise_max(*xs: torch.Tensor) -> torch.Tensor:
