@@ -50,6 +50,8 @@ def _lmdb_records(path: Path, span: Span | None) -> Iterator[tuple[bytes, bytes]
     try:
         with env.begin(buffers=False) as txn:
             yield from txn.cursor()
+    except lmdb.Error as err:
+        raise input_error(f"{path}: the LMDB database is unreadable: {err}", span) from None
     finally:
         env.close()
 
@@ -71,6 +73,8 @@ def _leveldb_records(path: Path, span: Span | None) -> Iterator[tuple[bytes, byt
         raise input_error(f"{path}: cannot open the LevelDB database: {err}", span) from None
     try:
         yield from db.iterator()
+    except plyvel.Error as err:
+        raise input_error(f"{path}: the LevelDB database is unreadable: {err}", span) from None
     finally:
         db.close()
 
@@ -261,7 +265,12 @@ def _dataset(handle: Any, path: str, top: str, span: Span | None) -> Any:
 def read_hdf5(path: str, tops: list[str], span: Span | None = None) -> list[np.ndarray]:
     """The datasets named `tops` of one .h5 file as float32 arrays sharing their first axis."""
     with _open_hdf5(path, span) as handle:
-        arrays = [np.asarray(_dataset(handle, path, t, span), dtype=np.float32) for t in tops]
+        arrays = []
+        for top in tops:
+            try:
+                arrays.append(np.asarray(_dataset(handle, path, top, span), dtype=np.float32))
+            except OSError as err:
+                raise input_error(f"{path}: cannot read dataset '{top}': {err}", span) from None
     rows = {a.shape[0] for a in arrays}
     if len(rows) > 1:
         counts = ", ".join(f"'{t}' {a.shape[0]}" for t, a in zip(tops, arrays, strict=True))
