@@ -173,3 +173,22 @@ def test_batchnorm_statistics_are_learnable_blobs_with_lr_mult_zero(tmp_path, mo
     assert factor == pytest.approx(1.0)
     assert solver.rule.history[3].item() == pytest.approx(0.1 * 0.5 * factor, rel=1e-6)
     assert len(solver.rule.history) == 8
+
+
+def test_memory_data_through_set_input_arrays(tmp_path, monkeypatch):
+    """pycaffe's set_input_arrays feeds a MemoryData train net; one SGD step as the formula."""
+    monkeypatch.chdir(tmp_path)
+    net = (
+        'layer { name: "m" type: "MemoryData" top: "x" top: "label"\n'
+        "  memory_data_param { batch_size: 2 channels: 3 height: 1 width: 1 } }\n"
+        + ip("a", "x", "y", n=1)
+        + 'layer { name: "l" type: "EuclideanLoss" bottom: "y" bottom: "label" top: "l" }\n'
+    )
+    solver = make_solver(tmp_path, SGD1 % "", net)
+    x = X.reshape(2, 3, 1, 1)
+    labels = np.array([0.5, -1.0], np.float32)
+    solver.net.set_input_arrays(x, labels)
+    w = weights(solver, "a")
+    solver.step(1)
+    dy = (X.astype(np.float64) @ w.T - labels[:, None]) / 2
+    np.testing.assert_allclose(weights(solver, "a"), w - dy.T @ X, rtol=1e-5, atol=1e-6)

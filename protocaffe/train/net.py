@@ -125,6 +125,15 @@ class TrainableNet:
         nets whose data comes from code: Input, MemoryData, or replacing a data layer)."""
         self._feed = iter(batches)
 
+    def set_input_arrays(self, data: Any, labels: Any, layer: str | None = None) -> None:
+        """pycaffe's net.set_input_arrays: the arrays a MemoryData layer serves from now on."""
+        if self._feed is None and self.feed_factory is not None:
+            self._feed = iter(self.feed_factory())
+        setter = getattr(self._feed, "set_input_arrays", None)
+        if setter is None:
+            raise input_error(f"net '{self.graph.name}' has no MemoryData layer fed by protocaffe")
+        setter(data, labels, layer)
+
     def _next_inputs(self) -> dict[str, Any]:
         if not self.input_names:
             return {}
