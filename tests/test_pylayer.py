@@ -112,3 +112,67 @@ def test_missing_module_says_which_flag(tmp_path):
         PythonLayers.load(parsed.message, "TRAIN", path=[str(tmp_path)])
     diag = info.value.diagnostics[0]
     assert "cannot import module seg_layers" in diag.message and "--python-layers" in diag.hint
+
+
+def test_fcn_val_net_with_a_voc_style_layer(tmp_path, monkeypatch):
+    """FCN's own val.prototxt (Python data layer voc_layers.VOCSegDataLayer, param_str with
+    a relative voc_dir): shapes come from the layer, the rest of the net follows them."""
+    from _corpus import CORPUS
+
+    net = CORPUS / "shelhamer__fcn.berkeleyvision.org" / "voc-fcn32s__val.prototxt"
+    if not net.exists():
+        pytest.skip(f"corpus file {net} is absent")
+    voc = tmp_path / "data" / "pascal" / "VOC2011"
+    (voc / "ImageSets" / "Segmentation").mkdir(parents=True)
+    (voc / "ImageSets" / "Segmentation" / "seg11valid.txt").write_text("a\nb\n")
+    sizes = {"a": (40, 50), "b": (37, 45)}
+    layer_dir = tmp_path / "layers"
+    layer_dir.mkdir()
+    # A stand-in with the names and param_str keys FCN's module has; images are made here.
+    (layer_dir / "voc_layers.py").write_text(
+        textwrap.dedent(
+            f"""
+            import caffe
+            import numpy as np
+
+            SIZES = {sizes!r}
+
+            class VOCSegDataLayer(caffe.Layer):
+                def setup(self, bottom, top):
+                    params = eval(self.param_str)
+                    split = f"{{params['voc_dir']}}/ImageSets/Segmentation/{{params['split']}}.txt"
+                    self.ids = open(split).read().split()
+                    self.mean = np.array(params["mean"])
+                    self.idx = 0
+
+                def reshape(self, bottom, top):
+                    h, w = SIZES[self.ids[self.idx]]
+                    self.data = np.zeros((3, h, w), np.float32) - self.mean[:, None, None]
+                    self.label = np.full((1, h, w), 255, np.uint8)
+                    top[0].reshape(1, *self.data.shape)
+                    top[1].reshape(1, *self.label.shape)
+
+                def forward(self, bottom, top):
+                    top[0].data[...] = self.data
+                    top[1].data[...] = self.label
+                    self.idx = (self.idx + 1) % len(self.ids)
+            """
+        )
+    )
+    (tmp_path / "voc-fcn32s").mkdir()
+    monkeypatch.chdir(tmp_path / "voc-fcn32s")  # voc_dir is '../data/pascal/VOC2011'
+    try:
+        from protocaffe.frontend import load_net
+
+        parsed = load_net(str(net))
+        layers = PythonLayers.load(parsed.message, "TEST", path=[str(layer_dir)])
+        graph = build_graph(parsed, "TEST", input_shapes=layers.shapes)
+        assert graph.blob("score").shape == (1, 21, 40, 50)
+        with make_feeder(graph, python_layers=layers) as feeder:
+            shapes = [tuple(next(feeder)["label"].shape) for _ in range(3)]
+        assert shapes == [(1, 1, 40, 50), (1, 1, 37, 45), (1, 1, 40, 50)]
+        np.testing.assert_allclose(
+            layers.layers["data"].instance.mean, [104.00699, 116.66877, 122.67892]
+        )
+    finally:
+        sys.modules.pop("voc_layers", None)
