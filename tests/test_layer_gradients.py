@@ -201,11 +201,74 @@ SMOOTH = {
 }
 
 
+LABELS4 = np.array([0.0, 2.0, 1.0, 2.0])
+SCORES = np.random.default_rng(0).standard_normal((4, 3))
+POSITIVE = np.abs(X) + 0.5
+
+# The other layers a net may train through.
+SMOOTH |= {
+    "Softmax": ('layer { name: "s" type: "Softmax" bottom: "x" top: "y" }', {"x": X}),
+    "PReLU": (
+        'layer { name: "p" type: "PReLU" bottom: "x" top: "y" '
+        'prelu_param { filler { type: "gaussian" std: 0.5 } } }',
+        {"x": X},
+    ),
+    "ELU": (
+        'layer { name: "e" type: "ELU" bottom: "x" top: "y" elu_param { alpha: 0.7 } }',
+        {"x": X},
+    ),
+    "Power": (
+        'layer { name: "p" type: "Power" bottom: "x" top: "y" '
+        "power_param { power: 2.5 scale: 0.5 shift: 2 } }",
+        {"x": POSITIVE},
+    ),
+    "BNLL": ('layer { name: "p" type: "BNLL" bottom: "x" top: "y" }', {"x": X}),
+    "MVN": ('layer { name: "p" type: "MVN" bottom: "x" top: "y" }', {"x": X}),
+    "Reduction SUMSQ": (
+        'layer { name: "p" type: "Reduction" bottom: "x" top: "y" '
+        "reduction_param { operation: SUMSQ axis: 1 coeff: 0.5 } }",
+        {"x": X},
+    ),
+    "Tile": (
+        'layer { name: "t" type: "Tile" bottom: "x" top: "y" tile_param { axis: 1 tiles: 2 } }',
+        {"x": X},
+    ),
+    "Embed": (
+        'layer { name: "e" type: "Embed" bottom: "lab" top: "y" embed_param { num_output: 3 '
+        f"input_dim: 5 {GAUSS} }} }}",
+        {"lab": np.array([[0.0, 3.0], [4.0, 3.0]])},
+    ),
+    "Convolution group": (
+        'layer { name: "c" type: "Convolution" bottom: "x" top: "y" convolution_param { '
+        f"num_output: 4 group: 2 kernel_size: 3 pad: 1 {GAUSS} }} }}",
+        {"x": away_from_zero((1, 2, 4, 4))},
+    ),
+    "Deconvolution group bilinear": (
+        'layer { name: "c" type: "Deconvolution" bottom: "x" top: "y" convolution_param { '
+        'num_output: 2 group: 2 kernel_size: 4 stride: 2 weight_filler { type: "bilinear" } } }',
+        {"x": away_from_zero((1, 2, 3, 3))},
+    ),
+    "InfogainLoss": (
+        'layer { name: "l" type: "InfogainLoss" bottom: "x" bottom: "lab" bottom: "h" top: "l" }',
+        {"x": SCORES, "lab": LABELS4, "h": np.random.default_rng(1).random((3, 3))},
+    ),
+    "HingeLoss L2": (
+        'layer { name: "l" type: "HingeLoss" bottom: "x" bottom: "lab" top: "l" '
+        "hinge_loss_param { norm: L2 } }",
+        {"x": away_from_zero((4, 3)) * 3, "lab": LABELS4},
+    ),
+    "MultinomialLogisticLoss": (
+        'layer { name: "l" type: "MultinomialLogisticLoss" bottom: "x" bottom: "lab" top: "l" }',
+        {"x": np.abs(SCORES) + 0.1, "lab": LABELS4},
+    ),
+}
+NOT_DIFFERENTIATED = ("r", "t", "lab", "h")  # Crop's reference, targets, labels, H
+
+
 @pytest.mark.parametrize("name", list(SMOOTH))
 def test_gradient_matches_finite_differences(name):
     text, inputs = SMOOTH[name]
-    wrt = [k for k in inputs if k not in ("r", "t")]  # Crop's reference, targets
-    check(text, inputs, wrt)
+    check(text, inputs, [k for k in inputs if k not in NOT_DIFFERENTIATED])
 
 
 # --- where Caffe's backward is its own loop -------------------------------------------------
