@@ -491,3 +491,40 @@ def test_corpus_mobilenet_ssd_matches_opencv(tmp_path: Path) -> None:
         proto, x, ["mbox_loc", "mbox_conf_flatten", "mbox_priorbox", "detection_out"], True
     )
     assert (ours["detection_out"][0, 0, :, 2] > 0).sum() > 5
+
+
+def test_face_detector_style_ssd_with_fp16_weights_matches_opencv(tmp_path: Path) -> None:
+    """The res10 face detector's recipe: BatchNorm + Scale in the trunk, PriorBox with a
+    step, DetectionOutput keeping 200 of top_k 400 at confidence 0.01, fp16 raw_data weights
+    (as OpenCV's shrinkCaffeModel stores them)."""
+    import torch
+    from test_parity_corpus_nets import randomize
+
+    import protocaffe
+    from protocaffe.runtime.caffemodel import save_caffemodel
+
+    bn = layer("bn2", "BatchNorm", ["conv2"]).replace('top: "bn2"', 'top: "conv2"') + layer(
+        "sc2", "Scale", ["conv2"], "scale_param { bias_term: true }"
+    ).replace('top: "sc2"', 'top: "conv2"')
+    text = (
+        ssd_net(classes=2)
+        .replace('layer { name: "relu2"', bn + 'layer { name: "relu2"', 1)
+        .replace(
+            "keep_top_k: 50 confidence_threshold: 0.3", "keep_top_k: 200 confidence_threshold: 0.01"
+        )
+        .replace("top_k: 100", "top_k: 400")
+        .replace("flip: true clip: false", "flip: true clip: false step: 16")
+    )
+    proto, weights = tmp_path / "face.prototxt", tmp_path / "face_fp16.caffemodel"
+    proto.write_text(text)
+    module = protocaffe.load(proto, device="cpu", seed=0)
+    randomize(module, seed=0)
+    save_caffemodel(module, weights, fp16=True)
+    x = np.random.default_rng(1).uniform(-1, 1, (2, 3, 64, 64)).astype(np.float32)
+    with torch.no_grad():
+        ours = protocaffe.load(proto, weights, device="cpu")({"data": torch.from_numpy(x)})
+    net = cv2.dnn.readNetFromCaffe(str(proto), str(weights))
+    net.setInput(x)
+    theirs = net.forward("detection_out")
+    assert (ours["detection_out"][0, 0, :, 2] > 0).sum() > 100
+    np.testing.assert_allclose(ours["detection_out"].numpy(), theirs, atol=1e-5)
