@@ -109,7 +109,7 @@ DIALECTS: tuple[Dialect, ...] = (
         "nvidia",
         "NVIDIA Caffe 0.17",
         {**_SSD_PARAMS, "trt_param": 152, "detectnet_groundtruth_param": 6801},
-        (*_SSD_TYPES, "DetectNetTransformation", "Python"),
+        (*_SSD_TYPES, "DetectNetTransformation"),
         {
             "BatchNormParameter": ("scale_bias", "scale_filler", "bias_filler"),
             "LayerParameter": ("forward_type", "backward_type", "forward_math", "backward_math"),
