@@ -169,28 +169,33 @@ def main() -> None:
     import torch
 
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {args.device}")
-    print(f"{'net':<11} {'impl':<11} {'it/s':>8} {'ms/it':>8} {'peak RSS MiB':>13} {'GPU MiB':>8}")
+    print(
+        f"{'net':<11} {'implementation':<28} {'it/s':>7} {'ms/it':>8} {'RSS MiB':>8} {'GPU MiB':>8}"
+    )
     for name in args.nets.split(","):
-        results: dict[str, list[dict]] = {"pytorch": [], "protocaffe": []}
+        variants = {"pytorch": ("pytorch", name), "protocaffe": ("protocaffe", name)}
+        if name == "classifier":  # also the literal port: BatchNorm and Scale apart
+            variants["pytorch, BN+Scale apart"] = ("pytorch", "classifier-literal")
+        results: dict[str, list[dict]] = {label: [] for label in variants}
         for _ in range(args.repeats):
-            for impl in results:
-                cmd = [sys.executable, __file__, "--child", impl, name]
+            for label, (impl, net) in variants.items():
+                cmd = [sys.executable, __file__, "--child", impl, net]
                 cmd += ["--iterations", str(args.iterations), "--warmup", str(args.warmup)]
                 cmd += ["--device", args.device]
                 out = subprocess.run(cmd, capture_output=True, text=True, check=True)
-                results[impl].append(json.loads(out.stdout.strip().splitlines()[-1]))
+                results[label].append(json.loads(out.stdout.strip().splitlines()[-1]))
         med = {}
-        for impl, runs in results.items():
+        for label, runs in results.items():
             s = statistics.median(r["seconds"] for r in runs)
-            med[impl] = s
+            med[label] = s
             rss = max(r["peak_rss_mib"] for r in runs)
             gpu = runs[0]["peak_gpu_mib"]
             gpu_text = f"{gpu:8.0f}" if gpu is not None else f"{'-':>8}"
-            print(f"{name:<11} {impl:<11} {1 / s:8.2f} {1000 * s:8.1f} {rss:13.0f} {gpu_text}")
-        print(
-            f"{name:<11} ratio protocaffe/pytorch time per iteration: "
-            f"{med['protocaffe'] / med['pytorch']:.3f}"
-        )
+            print(f"{name:<11} {label:<28} {1 / s:7.2f} {1000 * s:8.1f} {rss:8.0f} {gpu_text}")
+        for label in results:
+            if label != "protocaffe":
+                ratio = med["protocaffe"] / med[label]
+                print(f"{name:<11} protocaffe / {label}: {ratio:.3f} (time per iteration)")
 
 
 if __name__ == "__main__":

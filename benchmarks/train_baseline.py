@@ -44,15 +44,32 @@ class ReducedFCN(nn.Module):
         return loss / x.shape[0]
 
 
-class Classifier(nn.Module):
-    """(conv-BN-scale-relu-pool) x2, InnerProduct, softmax loss."""
+class ChannelAffine(nn.Module):
+    """Caffe's Scale layer with a bias: y = x * w[c] + b[c]."""
 
-    def __init__(self, classes: int = 10) -> None:
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(channels, 1, 1))
+        self.bias = nn.Parameter(torch.zeros(channels, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.addcmul(self.bias, x, self.weight)
+
+
+class Classifier(nn.Module):
+    """(conv-BN-scale-relu-pool) x2, InnerProduct, softmax loss. `literal` keeps Caffe's
+    BatchNorm and Scale apart (as the prototxt has them); otherwise the idiomatic PyTorch
+    BatchNorm2d with its fused affine transform."""
+
+    def __init__(self, classes: int = 10, literal: bool = False) -> None:
         super().__init__()
         self.conv1 = nn.Conv2d(3, 32, 3, padding=1)
-        self.bn1 = nn.BatchNorm2d(32)
         self.conv2 = nn.Conv2d(32, 64, 3, padding=1)
-        self.bn2 = nn.BatchNorm2d(64)
+        if literal:
+            self.bn1 = nn.Sequential(nn.BatchNorm2d(32, affine=False), ChannelAffine(32))
+            self.bn2 = nn.Sequential(nn.BatchNorm2d(64, affine=False), ChannelAffine(64))
+        else:
+            self.bn1, self.bn2 = nn.BatchNorm2d(32), nn.BatchNorm2d(64)
         self.fc = nn.Linear(64 * 8 * 8, classes)
 
     def forward(self, x: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
@@ -68,7 +85,7 @@ def make(name: str) -> tuple[nn.Module, torch.optim.Optimizer]:
             model.parameters(), lr=1e-4, momentum=0.99, weight_decay=5e-4
         )
     else:
-        model = Classifier()
+        model = Classifier(literal=name == "classifier-literal")
         opt = torch.optim.Adam(model.parameters(), lr=1e-3, weight_decay=5e-4)
     return model.train(), opt
 

@@ -47,22 +47,37 @@ def uses_global_stats(param: Any, phase: int) -> bool:
 
 
 def caffe_batch_norm_train(
-    x: Any, mean_blob: Any, var_blob: Any, factor_blob: Any, fraction: float, eps: float
+    x: Any,
+    mean_blob: Any,
+    var_blob: Any,
+    factor_blob: Any,
+    fraction: float,
+    eps: float,
+    weight: Any = None,
+    bias: Any = None,
 ) -> Any:
     """BatchNorm with batch statistics, updating the stored blobs the way Caffe does.
 
     Caffe's blobs hold sums, not averages: S <- fraction * S + batch_stat, f <- fraction * f + 1
     (the stored mean is S_mean / f). The variance gets the m/(m-1) unbiasing factor, where m is
     the count per channel. This is not torch's momentum update, so F.batch_norm cannot do it.
+    `weight`/`bias` are a following Scale layer's operands (`fuse_scale_into_batch_norm`):
+    y * weight + bias, in torch's fused kernel when they are per-channel.
     """
+    per_channel = (x.shape[1],) + (1,) * (x.dim() - 2)
+    fused = weight is not None and all(
+        t is None or tuple(t.shape) == per_channel for t in (weight, bias)
+    )
     # torch's fused training-mode batch_norm normalises with the same batch mean and biased
     # variance, and its backward is Caffe's: (dy - mean(dy) - mean(dy*y)*y) / sqrt(var+eps).
     # With momentum 1 its running buffers receive exactly this batch's mean and its variance
     # times m/(m-1), which Caffe adds to its sums.
     if x.numel() // x.shape[1] > 1:
         mean, var = torch.zeros_like(mean_blob), torch.zeros_like(var_blob)
-        y = F.batch_norm(x, mean, var, training=True, momentum=1.0, eps=eps)
+        w, b = (t.reshape(-1) if fused and t is not None else None for t in (weight, bias))
+        y = F.batch_norm(x, mean, var, w, b, training=True, momentum=1.0, eps=eps)
     else:  # one value per channel: torch refuses it; Caffe's variance is 0 (factor 1)
+        fused = False
         mean = x.detach().mean(dim=_stat_axes(x.dim()))
         var = torch.zeros_like(var_blob)
         y = (x - x.mean(dim=_stat_axes(x.dim()), keepdim=True)) / math.sqrt(eps)
@@ -70,7 +85,42 @@ def caffe_batch_norm_train(
         factor_blob.mul_(fraction).add_(1)
         mean_blob.mul_(fraction).add_(mean)
         var_blob.mul_(fraction).add_(var)
+    if weight is not None and not fused:
+        y = y * weight if bias is None else torch.addcmul(bias, y, weight)
     return y
+
+
+def fuse_scale_into_batch_norm(graph: fx.Graph) -> None:
+    """A Scale (or any multiply/multiply-add) that alone consumes a batch-statistics BatchNorm
+    becomes that BatchNorm's affine operands: one fused kernel forward and backward (as
+    PyTorch's affine BatchNorm), the same arithmetic as the two layers. Nothing else changes:
+    a BatchNorm output used elsewhere (or returned) keeps the two layers apart."""
+    from torch import fx
+
+    for node in list(graph.nodes):
+        if node.target is not caffe_batch_norm_train or len(node.args) != 6:
+            continue
+        if len(node.users) != 1:
+            continue
+        (user,) = node.users
+        if user.kwargs:
+            continue
+        if user.target is torch.addcmul and len(user.args) == 3 and user.args[1] is node:
+            bias, weight = user.args[0], user.args[2]
+        elif user.target is torch.mul and len(user.args) == 2 and user.args[0] is node:
+            bias, weight = None, user.args[1]
+        else:
+            continue
+        if not all(isinstance(t, fx.Node) for t in (weight, bias) if t is not None):
+            continue
+        with graph.inserting_before(user):
+            fused = graph.call_function(caffe_batch_norm_train, (*node.args, weight, bias))
+        fused.meta.update(user.meta)
+        user.replace_all_uses_with(fused)
+        name = user.name
+        graph.erase_node(user)
+        graph.erase_node(node)
+        fused._rename(name)  # the Scale's top names it, so `.code` reads like the net
 
 
 def nvidia_scale_bias(param: Any) -> bool:

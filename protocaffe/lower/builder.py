@@ -21,6 +21,7 @@ from torch import fx
 from protocaffe.diagnostics import CompileError, Diagnostic, Diagnostics, suggestion_hint
 from protocaffe.ir.graph import Graph, Layer, Value
 from protocaffe.layers.base import BlobSpec, LowerContext, shape_str
+from protocaffe.layers.normalization import fuse_scale_into_batch_norm
 from protocaffe.lower import fillers
 from protocaffe.lower.module import CaffeModule, LayerBlobs
 
@@ -424,6 +425,7 @@ def assemble(
 ) -> CaffeModule:
     """Build the fx graph over `root`'s blobs and wrap both into a CaffeModule."""
     fx_graph = _Builder(graph, attrs, sharing, _resolve_outputs(graph, outputs)).build()
+    fuse_scale_into_batch_norm(fx_graph)
     module = CaffeModule(root, fx_graph, class_name=sanitize(graph.name))
     # fx copies only the blobs the code uses; keep every stored blob for weight loading.
     for attr in attrs.values():
