@@ -109,10 +109,10 @@ def test_bvlc_text_parses_exactly_as_text_format() -> None:
 
 def test_unknown_fork_params_and_types_name_their_fork() -> None:
     with pytest.raises(CompileError) as info:
-        parse_text('layer { name: "a" smooth_l1_loss_param { sigma: 3 } bogus_param { } }')
+        parse_text('layer { name: "a" image_data_modify_param { } bogus_param { } }')
     first, second = info.value.diagnostics
-    assert "unknown field 'smooth_l1_loss_param'" in first.message
-    assert "Fast/Faster R-CNN fork" in (first.hint or "")
+    assert "unknown field 'image_data_modify_param'" in first.message
+    assert "colorization Caffe fork" in (first.hint or "")
     assert "unknown field 'bogus_param'" in second.message
     assert dialects.origin_of_type("MultiBoxLoss") == "the SSD fork (weiliu89/caffe, branch ssd)"
     assert dialects.origin_of_v1_type("INTERP") == (
@@ -160,12 +160,12 @@ def test_caffemodel_with_fork_fields_at_clashing_numbers_loads(tmp_path: Path) -
     [
         ({"Convolution", "ReLU"}, None),
         ({"PriorBox", "Permute", "DetectionOutput", "prior_box_param"}, "opencv"),
-        ({"PriorBox", "prior_box_param", "min_size*"}, "ssd"),
+        ({"PriorBox", "prior_box_param", "PriorBoxParameter.min_size*"}, "ssd"),
         ({"PriorBox", "MultiBoxLoss"}, "ssd"),
-        ({"BN", "bn_param", "bn_mode"}, "segnet"),
-        ({"BN", "bn_param", "slope_filler", "Interp"}, "pspnet"),
+        ({"BN", "bn_param", "BNParameter.bn_mode"}, "segnet"),
+        ({"BN", "bn_param", "BNParameter.slope_filler", "Interp"}, "pspnet"),
         ({"Interp", "interp_param"}, "deeplab"),
-        ({"BatchNorm", "scale_bias"}, "nvidia"),
+        ({"BatchNorm", "BatchNormParameter.scale_bias"}, "nvidia"),
     ],
 )
 def test_dialect_from_evidence(constructs: set[str], expected: str | None) -> None:
@@ -173,7 +173,7 @@ def test_dialect_from_evidence(constructs: set[str], expected: str | None) -> No
 
 
 def test_given_dialect_wins() -> None:
-    choice = dialects.choose({"bn_mode"}, given="pspnet")
+    choice = dialects.choose({"BNParameter.bn_mode"}, given="pspnet")
     assert (choice.name, choice.reason) == ("pspnet", "chosen with --dialect")
 
 
@@ -202,3 +202,19 @@ def test_every_unknown_construct_is_listed_at_once() -> None:
     ]
     assert "SSD fork" in found[0][2] and "SSD fork" in found[1][2] and "HED fork" in found[2][2]
     assert "did you mean 'Convolution'" in found[3][2]
+
+
+def test_dialect_from_a_parsed_net() -> None:
+    """Several min_size values in one PriorBox (SSD's repeated field) choose the SSD fork;
+    a declared field (ceil_mode, declared for OpenCV) counts for its dialect."""
+    net = parse_text(
+        'layer { name: "p" type: "PriorBox" prior_box_param { min_size: 10 min_size: 20 } }'
+    ).message
+    choice = schema.choose_dialect(net)
+    assert choice.name == "ssd" and "several min_size values" in choice.reason
+    net = parse_text(
+        'layer { name: "p" type: "PriorBox" prior_box_param { min_size: 10 } }\n'
+        'layer { name: "q" type: "Pooling" pooling_param { ceil_mode: false } }'
+    ).message
+    assert schema.choose_dialect(net).name == "opencv"
+    assert schema.choose_dialect(parse_text('layer { type: "ReLU" }').message).name is None

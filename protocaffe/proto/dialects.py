@@ -15,7 +15,7 @@ file's own evidence (see README, "Fork dialects").
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 __all__ = [
@@ -281,33 +281,39 @@ def origin_of_v1_type(enum_name: str) -> tuple[str, str] | None:
 
 # --- choosing a dialect from a file's evidence ----------------------------------------------
 
+
 # Names that only one of two forks sharing a construct writes: (dialect, field or type).
+def construct_name(message: str, field: str) -> str:
+    """How a fork field is named as evidence: LayerParameter's by their own name
+    (`prior_box_param`), others qualified (`PoolingParameter.ceil_mode`)."""
+    return field if message in ("LayerParameter", "V1LayerParameter") else f"{message}.{field}"
+
+
 _TELLTALES = {
     # BN: SegNet's bn_param vs PSPNet's.
-    "bn_mode": "segnet",
-    "scale_filler": "segnet",
-    "shift_filler": "segnet",
-    "slope_filler": "pspnet",
-    "momentum": "pspnet",
-    "frozen": "pspnet",
+    "BNParameter.bn_mode": "segnet",
+    "BNParameter.scale_filler": "segnet",
+    "BNParameter.shift_filler": "segnet",
+    "BNParameter.slope_filler": "pspnet",
+    "BNParameter.momentum": "pspnet",
+    "BNParameter.frozen": "pspnet",
     # SSD-only constructs (OpenCV does not define them).
     "AnnotatedData": "ssd",
     "MultiBoxLoss": "ssd",
     "DetectionEvaluate": "ssd",
     "annotated_data_param": "ssd",
     "multibox_loss_param": "ssd",
-    # OpenCV-only PriorBox / DetectionOutput fields.
-    "offset_h": "opencv",
-    "offset_w": "opencv",
-    "normalized_bbox": "opencv",
-    "ceil_mode": "opencv",
-    "min_size*": "ssd",  # several min_size values in one PriorBox
+    "PriorBoxParameter.min_size*": "ssd",  # several min_size values in one PriorBox
+    # OpenCV-only fields.
+    "DetectionOutputParameter.normalized_bbox": "opencv",
+    "DetectionOutputParameter.clip": "opencv",
+    "PoolingParameter.ceil_mode": "opencv",
     # NVIDIA Caffe
-    "scale_bias": "nvidia",
+    "BatchNormParameter.scale_bias": "nvidia",
     "forward_type": "nvidia",
     "forward_math": "nvidia",
 }
-_SHOWN = {"min_size*": "several min_size values in one PriorBox"}
+_SHOWN = {"PriorBoxParameter.min_size*": "several min_size values in one PriorBox"}
 # On a tie the earlier one wins: OpenCV over SSD (its PriorBox defaults and DetectionOutput
 # layout are what published SSD models are run and checked with); DeepLab over PSPNet (they
 # share Interp; only PSPNet has BN).
@@ -322,11 +328,16 @@ class Choice:
     reason: str
 
 
-def choose(constructs: Iterable[str], given: str | None = None) -> Choice:
-    """Pick the dialect for a file from `constructs` (its layer types and fork field names,
-    see schema.fork_constructs). `given` (--dialect) wins. Otherwise each selectable dialect
-    scores the constructs it defines, and a telltale (a name only one of them writes) counts
-    ten; ties go by _PREFERENCE."""
+def choose(
+    constructs: Iterable[str],
+    given: str | None = None,
+    declared: Mapping[str, Iterable[str]] | None = None,
+) -> Choice:
+    """Pick the dialect for a file from `constructs` (its layer types and fork fields as
+    `construct_name`s, see schema.fork_constructs). `given` (--dialect) wins. Otherwise each
+    selectable dialect scores the constructs this table or a declaration (`declared`:
+    construct -> dialect names) gives it, and a telltale (a name only one of them writes)
+    counts ten; ties go by _PREFERENCE."""
     if given is not None:
         return Choice(given, "chosen with --dialect")
     names = set(constructs)
@@ -334,8 +345,13 @@ def choose(constructs: Iterable[str], given: str | None = None) -> Choice:
     for d in DIALECTS:
         if d.semantics is not None:
             own = {n for n in names if n in d.types or n in d.params}
-            own |= {n for fields in d.fields.values() for n in fields if n in names}
+            own |= {construct_name(m, f) for m, fs in d.fields.items() for f in fs} & names
             evidence.setdefault(d.semantics, set()).update(own)
+    for name in names:
+        for d in (declared or {}).get(name, ()):
+            semantics = _BY_NAME[d].semantics if d in _BY_NAME else None
+            if semantics is not None:
+                evidence[semantics].add(name)
     scores = {k: len(v) for k, v in evidence.items()}
     for name in names & _TELLTALES.keys():
         scores[_TELLTALES[name]] += 10
@@ -344,6 +360,8 @@ def choose(constructs: Iterable[str], given: str | None = None) -> Choice:
         return Choice(None, "no fork construct")
     best = max(_PREFERENCE, key=lambda n: (scores.get(n, 0), -_PREFERENCE.index(n)))
     found = sorted(evidence[best])
-    named = [n for n in found if not n.endswith("_param")] or found  # types say enough
+    # Types and telltales say enough; *_param and other fields repeat them.
+    named = [n for n in found if n in _TELLTALES or ("_param" not in n and "." not in n)]
+    named = named or found
     shown = ", ".join(_SHOWN.get(n, n) for n in named)
     return Choice(best, f"from the file's evidence: {shown}")

@@ -39,6 +39,7 @@ from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
 
 from protocaffe.proto import caffe_pb2
+from protocaffe.proto.dialects import construct_name
 
 __all__ = [
     "Enum",
@@ -97,20 +98,12 @@ class Enum:
         object.__setattr__(self, "values", values)
 
 
-@dataclass
-class Declared:
-    """What one declaration added (for reports and tests)."""
-
-    message: str | None  # the declared message's name (None for `extend`)
-    extendee: str  # the BVLC message its extension fields extend
-    numbers: dict[str, int]  # extension field -> its number in protocaffe's schema
-    dialects: tuple[str, ...]
-
-
 _POOL = descriptor_pool.Default()
 _EXTENSIONS: dict[str, dict[str, FieldDescriptor]] = {}  # extendee full name -> name -> fd
 _CLASSES: dict[str, type] = {}  # declared message name -> class
-DECLARED: list[Declared] = []
+# Evidence for choosing a dialect: fork construct (see `construct_name`) -> the dialects
+# whose declarations say they define it.
+FIELD_DIALECTS: dict[str, set[str]] = {}
 _generation = 0
 
 
@@ -194,8 +187,10 @@ def declare_message(
         for extendee in ("LayerParameter", "V1LayerParameter"):
             fd = _POOL.FindExtensionByName(f"{_PACKAGE}.{name}_{extendee}.{param}")
             _attach(extendee, fd)
-        union = _EXTENSIONS[f"{_PACKAGE}.LayerParameter"][param].number
-        DECLARED.append(Declared(name, "LayerParameter", {param: union}, dialects))
+        _note(param, dialects)
+    for f in items:
+        if isinstance(f, Field) and f.dialects:
+            _note(f"{name}.{f.name}", f.dialects)
     return cls
 
 
@@ -217,8 +212,11 @@ def extend(extendee: str, *fields: Field, dialects: tuple[str, ...] = ()) -> Non
     _add(fdp)
     for f in fields:
         _attach(extendee, _POOL.FindExtensionByName(f"{_PACKAGE}.{scope.name}.{f.name}"))
-    numbers = {f.name: _EXTENSIONS[target.full_name][f.name].number for f in fields}
-    DECLARED.append(Declared(None, extendee, numbers, dialects))
+        _note(construct_name(target.name, f.name), f.dialects or dialects)
+
+
+def _note(construct: str, dialects: tuple[str, ...]) -> None:
+    FIELD_DIALECTS.setdefault(construct, set()).update(dialects)
 
 
 # --- building -----------------------------------------------------------------------------
@@ -228,16 +226,12 @@ def _file(stem: str) -> descriptor_pb2.FileDescriptorProto:
     return descriptor_pb2.FileDescriptorProto(
         name=f"protocaffe/dialect/{stem}.proto",
         package=_PACKAGE,
-        dependency=["caffe.proto", *sorted(_declared_files())],
+        dependency=["caffe.proto", *sorted(_FILES)],
         syntax="proto2",
     )
 
 
 _FILES: list[str] = []
-
-
-def _declared_files() -> list[str]:
-    return _FILES
 
 
 def _add(fdp: descriptor_pb2.FileDescriptorProto) -> None:
@@ -306,18 +300,20 @@ def set_field(msg: Any, name: str, value: Any) -> None:
 
 
 def fork_constructs(net: Any) -> set[str]:
-    """The layer types of `net` and the names of the fork (extension) fields it sets
-    anywhere; `min_size*` when a field named min_size holds several values (only SSD's
-    PriorBox allows that)."""
+    """The layer types of `net` and the fork fields it sets anywhere (`construct_name`s:
+    extensions of BVLC messages and the fields of fork messages); `PriorBoxParameter.min_size*`
+    when a PriorBox lists several min_size values, which only SSD's repeated field allows."""
     found = {layer.type for layer in net.layer}
+    fork_messages = {cls.DESCRIPTOR.full_name for cls in _CLASSES.values()}
     todo = [net]
     while todo:
         msg = todo.pop()
+        in_fork = msg.DESCRIPTOR.full_name in fork_messages
         for fd, value in msg.ListFields():
-            if fd.is_extension:
-                found.add(fd.name)
-                if fd.name == "min_size" and len(value) > 1:
-                    found.add("min_size*")
+            if fd.is_extension or in_fork:
+                found.add(construct_name(msg.DESCRIPTOR.name, fd.name))
+                if fd.name == "min_size" and fd.is_repeated and len(value) > 1:
+                    found.add(f"{msg.DESCRIPTOR.name}.min_size*")
             if fd.type == FieldDescriptor.TYPE_MESSAGE:
                 todo.extend(value if fd.is_repeated else (value,))
     return found
@@ -329,4 +325,4 @@ def choose_dialect(net: Any, given: str | None = None) -> Any:
 
     if given is not None:
         return dialects.choose((), given)
-    return dialects.choose(fork_constructs(net))
+    return dialects.choose(fork_constructs(net), declared=FIELD_DIALECTS)
