@@ -60,7 +60,7 @@ def test_json_report(capsys):
 
 def test_warnings_go_to_stderr_and_exit_zero(capsys, tmp_path):
     bad = tmp_path / "fcn8s.prototxt"
-    bad.write_text(Path(FCN8S).read_text().replace("offset: 31 }", "offset: 32 }"))
+    bad.write_text(Path(FCN8S).read_text().replace("offset: 31\n", "offset: 32\n"))
     code, out, err = run(capsys, str(bad))
     assert code == 0
     assert "MISALIGNED, the aligned offset is 31" in out

@@ -80,7 +80,7 @@ def test_crop_offsets_are_aligned_for_any_size(name, offsets, hw):
 
 
 def test_broken_offset_warns_with_the_aligned_value():
-    text = (MODELS / "fcn8s.prototxt").read_text().replace("offset: 9 }", "offset: 10 }")
+    text = (MODELS / "fcn8s.prototxt").read_text().replace("offset: 9\n", "offset: 10\n")
     g = build_graph(parse_text(text, "fcn8s.prototxt"))
     (w,) = g.diagnostics
     assert w.severity == "warning"
@@ -94,7 +94,8 @@ def test_broken_offset_warns_with_the_aligned_value():
 
 def test_eltwise_shape_mismatch_is_rendered_at_the_layer():
     # Cropping only W (axis 3) leaves score_pool4c 44 high: the Eltwise that sums it fails.
-    text = (MODELS / "fcn8s.prototxt").read_text().replace("axis: 2 offset: 5", "axis: 3 offset: 5")
+    text = (MODELS / "fcn8s.prototxt").read_text()
+    text = text.replace("axis: 2\n    offset: 5\n", "axis: 3\n    offset: 5\n")
     with pytest.raises(CompileError) as info:
         build_graph(parse_text(text, "fcn8s.prototxt"))
     (err,) = [d for d in info.value.diagnostics if d.severity == "error"]
@@ -105,6 +106,7 @@ def test_eltwise_shape_mismatch_is_rendered_at_the_layer():
         "upscore2 1x21x34x34 vs score_pool4c 1x21x44x34" in out
     )
     assert "Crop" in err.hint
-    assert err.span.line == next(
-        i for i, t in enumerate(text.splitlines(), 1) if '"fuse_pool4" type' in t
-    )
+    lines = text.splitlines()
+    layer = next(i for i, t in enumerate(lines) if t == '  name: "fuse_pool4"')
+    # At the mismatched bottom of that layer.
+    assert lines[err.span.line - 1] == '  bottom: "score_pool4c"' and err.span.line > layer + 1

@@ -5,6 +5,8 @@ lexer built from the grammar's own terminals) turns text into a light tree of tu
 `_Builder` walks that tree top-down against the message DESCRIPTOR, converting values, filling
 the protobuf message and recording a `Span` for every field path. Value rules follow
 google.protobuf.text_format, so both accept and reject the same files; we only say it better.
+One exception, with a warning: a value run into the next field name (`num_output: 21bias_term:`,
+as pasted from web pages) is split where the field name begins (see `fused_value`).
 """
 
 from __future__ import annotations
