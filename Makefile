@@ -40,8 +40,8 @@ train-demo: $(STAMP)
 	$(VENV)/bin/protocaffe surgery interp models/fcn_demo_trainval.prototxt -o $(TD)/init.caffemodel --layers 'up*'
 	$(VENV)/bin/protocaffe train models/fcn_demo_solver.prototxt --weights $(TD)/init.caffemodel --log $(TD)/train.jsonl
 	$(VENV)/bin/protocaffe plot $(TD)/train.jsonl -o $(TD)/loss.png
-	$(VENV)/bin/protocaffe score models/fcn_demo_deploy.prototxt --weights $(TD)/snapshots/fcn_demo_iter_300.caffemodel --images $(TD)/data/val.txt --labels $(TD)/data/val_labels.txt --classes $(TD)/data/classes.txt --confusion $(TD)/confusion.png
-	$(VENV)/bin/protocaffe run models/fcn_demo_deploy.prototxt --weights $(TD)/snapshots/fcn_demo_iter_300.caffemodel --input $(TD)/data/images/val_000[0-3].png --labels $(TD)/data/classes.txt --output $(TD)/seg
+	$(VENV)/bin/protocaffe score models/fcn_demo_deploy.prototxt --weights $(TD)/snapshots/fcn_demo_iter_200.caffemodel --images $(TD)/data/val.txt --labels $(TD)/data/val_labels.txt --classes $(TD)/data/classes.txt --confusion $(TD)/confusion.png
+	$(VENV)/bin/protocaffe run models/fcn_demo_deploy.prototxt --weights $(TD)/snapshots/fcn_demo_iter_200.caffemodel --input $(TD)/data/images/val_000[0-3].png --labels $(TD)/data/classes.txt --output $(TD)/seg
 
 bench: $(STAMP)
 	$(VPY) benchmarks/bench_parse.py
