@@ -50,11 +50,26 @@ def oracle_step(kind, p, hist, w, g, lr, it):
 
 
 def caffe_rate(p, it):
+    """Caffe's GetLearningRate, from its definitions."""
     base, policy = p["base_lr"], p.get("lr_policy", "fixed")
+    gamma, power = p.get("gamma", 0.0), p.get("power", 0.0)
     if policy == "fixed":
         return base
     if policy == "step":
-        return base * p["gamma"] ** (it // p["stepsize"])
+        return base * gamma ** (it // p["stepsize"])
+    if policy == "exp":
+        return base * gamma**it
+    if policy == "inv":
+        return base * (1 + gamma * it) ** -power
+    if policy == "multistep":  # at most one step further per iteration
+        step, values = 0, p["stepvalue"]
+        for k in range(it + 1):
+            step += step < len(values) and k >= values[step]
+        return base * gamma**step
+    if policy == "poly":
+        return base * (1 - it / p["max_iter"]) ** power
+    if policy == "sigmoid":
+        return base / (1 + math.exp(-gamma * (it - p["stepsize"])))
     raise AssertionError(policy)
 
 
@@ -88,10 +103,14 @@ def run_oracle(kind, p, w, b, feed, iters, bias_lr=2.0, bias_decay=0.0):
 
 
 def solver_text(kind, p):
-    lines = ['net: "net.prototxt"', f'type: "{kind}"', "max_iter: 100", "random_seed: 7"]
+    lines = ['net: "net.prototxt"', f'type: "{kind}"', "random_seed: 7"]
     lines.append(f'lr_policy: "{p.get("lr_policy", "fixed")}"')
+    if "max_iter" not in p:
+        lines.append("max_iter: 100")
     for key, value in p.items():
-        if key != "lr_policy":
+        if key == "stepvalue":
+            lines += [f"stepvalue: {v}" for v in value]
+        elif key != "lr_policy":
             lines.append(f'{key}: "{value}"' if isinstance(value, str) else f"{key}: {value}")
     return "\n".join(lines) + "\n"
 
@@ -150,6 +169,30 @@ def test_update_matches_caffe_formulas(case, tmp_path, monkeypatch):
     assert solver.iter == iters
 
 
+POLICIES = {
+    "exp": {"gamma": 0.8},
+    "inv": {"gamma": 0.5, "power": 0.75},
+    "multistep": {"gamma": 0.5, "stepvalue": [1, 3, 3]},
+    "poly": {"power": 2.0, "max_iter": 6},
+    "sigmoid": {"gamma": 1.0, "stepsize": 2},
+}
+
+
+@pytest.mark.parametrize("policy", sorted(POLICIES))
+def test_each_lr_policy_drives_sgd_momentum(policy, tmp_path, monkeypatch):
+    """SGD's history keeps the lr-scaled velocity, so every rate change shows in the weights."""
+    monkeypatch.chdir(tmp_path)
+    p = {"base_lr": 0.2, "momentum": 0.9, "weight_decay": 0.01, "lr_policy": policy}
+    p.update(POLICIES[policy])
+    feed = batches(5)
+    solver = make_solver(tmp_path, solver_text("SGD", p), linear_net(), feed=feed)
+    w0, b0 = blob(solver, "ip", 0), blob(solver, "ip", 1)
+    solver.step(5)
+    (w, b), _ = run_oracle("SGD", p, w0, b0, feed, 5)
+    np.testing.assert_allclose(blob(solver, "ip", 0), w, rtol=2e-5, atol=2e-6)
+    np.testing.assert_allclose(blob(solver, "ip", 1), b, rtol=2e-5, atol=2e-6)
+
+
 def test_lr_mult_zero_blob_keeps_its_value_but_adam_history_sees_decay(tmp_path, monkeypatch):
     """A frozen blob (lr_mult 0) is still regularised: SGD history stays 0, Adam's does not."""
     monkeypatch.chdir(tmp_path)
@@ -195,8 +238,8 @@ def _param(**fields):
             lambda it: 0.01 * (1 - it / 10) ** 2,
         ),
         (
-            {"lr_policy": "sigmoid", "base_lr": 0.01, "gamma": -0.5, "stepsize": 4},
-            lambda it: 0.01 / (1 + math.exp(0.5 * (it - 4))),
+            {"lr_policy": "sigmoid", "base_lr": 0.01, "gamma": 0.5, "stepsize": 4},
+            lambda it: 0.01 / (1 + math.exp(-0.5 * (it - 4))),
         ),
     ],
     ids=lambda v: v["lr_policy"] if isinstance(v, dict) else "",
