@@ -54,8 +54,14 @@ def test_fork_only_field_names_the_fork() -> None:
 
 
 def test_fork_only_v1_enum_value() -> None:
-    d = only_error("layers { type: IMAGE_SEG_DATA }")
-    assert "DeepLab" in d.hint
+    """A fork's V1 type name parses into fork_type (the upgrade makes it the type string);
+    a name no fork defines is still an error."""
+    from protocaffe.frontend import parse_text
+
+    parsed = parse_text("layers { type: IMAGE_SEG_DATA }", "<t>")
+    assert parsed.message.layers[0].fork_type == "ImageSegData"
+    d = only_error("layers { type: IMAGE_SEG_DATUM }")
+    assert "IMAGE_SEG_DATUM" in d.message
 
 
 @pytest.mark.parametrize(
