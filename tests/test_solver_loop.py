@@ -178,3 +178,35 @@ def test_ctrl_c_snapshots_then_stops(tmp_path):
     (snapshot,) = (tmp_path / "s").glob("x_iter_*.solverstate")
     assert int(snapshot.name.split("_")[-1].split(".")[0]) >= 1000
     assert not list((tmp_path / "s").glob("*.part"))
+
+
+def test_progress_bar_only_when_asked_and_json_lines(tmp_path, monkeypatch):
+    import json
+    import time
+
+    bar, out = io.StringIO(), io.StringIO()
+    rep = Reporter(stream=out, jsonl=str(tmp_path / "log.jsonl"), progress=True)
+    rep.bar_stream = bar
+    rep.step(0, 100, 1.0)
+    time.sleep(0.15)
+    rep.step(10, 100, 0.5)
+    assert "10/100" in bar.getvalue() and "it/s ETA " in bar.getvalue()
+    rep.display(10, 12.5, 0.8, 10, 0.5, [("loss", 0.5, 1.0), ("acc", 0.25, 0.0)])
+    assert bar.getvalue().endswith("\r\x1b[K")  # the bar is cleared before a log line
+    rep.learning_rate(10, 0.01)
+    rep.test(10, 0, [("acc", 0.75, 0.0)], None)
+    rep.close()
+    assert out.getvalue().splitlines() == [
+        "Iteration 10 (12.5 iter/s, 0.8s/10 iters), loss = 0.5",
+        "    Train net output #0: loss = 0.5 (* 1 = 0.5 loss)",
+        "    Train net output #1: acc = 0.25",
+        "Iteration 10, lr = 0.01",
+        "    Test net output #0: acc = 0.75",
+    ]
+    records = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+    assert records[0]["phase"] == "train" and records[0]["lr"] == pytest.approx(0.01)
+    assert records[0]["outputs"] == {"loss": 0.5, "acc": 0.25}
+    assert records[1]["phase"] == "test" and records[1]["outputs"] == {"acc": 0.75}
+    # Not a terminal: no bar at all.
+    monkeypatch.setattr(sys, "stderr", io.StringIO())
+    assert Reporter(stream=io.StringIO()).progress is False
