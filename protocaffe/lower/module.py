@@ -21,6 +21,7 @@ BlobSpec names (`conv1.weight`, `conv1.bias`, ...).
 
 from __future__ import annotations
 
+import itertools
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
@@ -86,15 +87,14 @@ class CaffeModule(fx.GraphModule):
         from protocaffe.runtime.guards import check_fits
 
         variant = reshape_module(self, dict(zip(self.input_names, key, strict=True)))
-        ref = self._reference_tensor()
-        if ref is not None:  # the parameters exist already: only activations are new
-            check_fits(
-                variant.caffe_graph,
-                ref.device,
-                ref.dtype,
-                params=False,
-                allow_oversize=self.allow_oversize,
-            )
+        ref = self._reference_tensor()  # None for a net without stored blobs: CPU float32
+        check_fits(  # the parameters exist already: only the activations are new
+            variant.caffe_graph,
+            ref.device if ref is not None else "cpu",
+            ref.dtype if ref is not None else "float32",
+            params=False,
+            allow_oversize=self.allow_oversize,
+        )
         variants[key] = variant
         while len(variants) > max(int(self.max_variants), 0):
             variants.popitem(last=False)
@@ -116,7 +116,7 @@ class CaffeModule(fx.GraphModule):
 
     def _reference_tensor(self) -> torch.Tensor | None:
         """A floating stored blob: its device and dtype are the module's."""
-        blobs = [*self.parameters(), *self.buffers()]
+        blobs = itertools.chain(self.parameters(), self.buffers())
         return next((t for t in blobs if t.is_floating_point()), None)
 
     def _apply(self, fn: Any, recurse: bool = True) -> Any:
