@@ -53,7 +53,8 @@ def relu6_slope(layer_proto: Any) -> float:
     return layer_proto.relu_param.negative_slope
 
 
-def _relu6(x: Any, slope: float) -> Any:
+def relu6(x: Any, slope: float) -> Any:
+    """The forks' ReLU6: a leaky ReLU capped at 6."""
     y = torch.clamp(x, min=0) if slope == 0 else torch.nn.functional.leaky_relu(x, slope)
     return torch.clamp(y, max=RELU6_CAP)
 
@@ -63,7 +64,7 @@ class ReLU6(Pointwise):
     type = "ReLU6"
 
     def emit(self, ctx: LowerContext, x: fx.Node) -> fx.Node:
-        return ctx.call(_relu6, x, relu6_slope(ctx.layer.proto))
+        return ctx.call(relu6, x, relu6_slope(ctx.layer.proto))
 
     def compute(self, ctx, x, blobs):
         slope = relu6_slope(ctx.layer.proto)
@@ -87,7 +88,7 @@ def shuffle_channels(x: Any, group: int) -> Any:
     return y.reshape(n, c, *rest)
 
 
-def _shuffle(x: Any, group: int) -> Any:
+def channel_shuffle(x: Any, group: int) -> Any:
     return shuffle_channels(x, group).contiguous()
 
 
@@ -117,7 +118,7 @@ class ShuffleChannel(LayerDef):
         return [f"channels viewed as {g} x {c // g}, transposed to {c // g} x {g}"]
 
     def lower(self, ctx: LowerContext) -> list[fx.Node]:
-        return [ctx.call(_shuffle, ctx.inputs[0], ctx.param.group)]
+        return [ctx.call(channel_shuffle, ctx.inputs[0], ctx.param.group)]
 
     def reference(self, ctx, inputs, blobs):
         """ShuffleChannelLayer::Forward_cpu: copy plane i * k + j to j * group + i."""
