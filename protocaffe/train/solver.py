@@ -154,8 +154,7 @@ class Solver:
             probe.unlink()
         except OSError as err:
             raise input_error(
-                f"cannot write snapshots to '{self.param.snapshot_prefix}': "
-                f"{err.strerror or err}",
+                f"cannot write snapshots to '{self.param.snapshot_prefix}': {err.strerror or err}",
                 self._span_of(("snapshot_prefix",)),
                 hint="set snapshot_prefix to a writable location, or snapshot: 0",
             ) from None
@@ -320,7 +319,8 @@ class Solver:
             ):
                 if self.root:
                     self.test_all()
-                if self._action == "stop":
+                if self._action == "stop":  # Ctrl-C while testing
+                    self._action = None
                     self.requested_early_exit = True
                     break
             display_now = bool(p.display) and self.iter % p.display == 0
@@ -384,7 +384,6 @@ class Solver:
     def solve(self, resume_file: str | None = None) -> None:
         """Caffe's Solver::Solve: optionally restore, step to max_iter, snapshot (unless the
         last iteration just did), then one forward-only display pass and a final test."""
-
         self.requested_early_exit = False
         if resume_file:
             self.restore(resume_file)
