@@ -113,7 +113,7 @@ def _c_round_t(v: Any) -> Any:
 def roi_bins(start: Any, size: Any, pooled: int, limit: int) -> tuple[Any, Any]:
     """Bin edges [lo, hi) per roi (rows) and bin (columns), in float32 as the fork computes."""
     bin_size = size.float() / pooled
-    steps = torch.arange(pooled, dtype=torch.float32)
+    steps = torch.arange(pooled, dtype=torch.float32, device=size.device)
     lo = torch.floor(steps[None, :] * bin_size[:, None]).long() + start[:, None]
     hi = torch.ceil((steps[None, :] + 1) * bin_size[:, None]).long() + start[:, None]
     return lo.clamp(0, limit), hi.clamp(0, limit)
@@ -201,7 +201,7 @@ def ps_roi_bins(rois: Any, scale: float, group: int, limit: int, lo_col: int) ->
     start = _c_round_t(rois[:, lo_col]) * s
     end = (_c_round_t(rois[:, lo_col + 2]) + 1) * s
     bin_size = (end - start).clamp(min=0.1) / group
-    steps = torch.arange(group, dtype=torch.float32)
+    steps = torch.arange(group, dtype=torch.float32, device=rois.device)
     lo = torch.floor(steps[None] * bin_size[:, None] + start[:, None]).long()
     hi = torch.ceil((steps[None] + 1) * bin_size[:, None] + start[:, None]).long()
     return lo.clamp(0, limit), hi.clamp(0, limit)
@@ -213,14 +213,16 @@ def ps_roi_pool(x: Any, rois: Any, output_dim: int, group: int, scale: float) ->
     n, _, height, width = x.shape
     hs, he = ps_roi_bins(rois, scale, group, height, 2)
     ws, we = ps_roi_bins(rois, scale, group, width, 1)
-    table = torch.zeros((n, x.shape[1], height + 1, width + 1), dtype=torch.float64)
+    table = torch.zeros(
+        (n, x.shape[1], height + 1, width + 1), dtype=torch.float64, device=x.device
+    )
     table[:, :, 1:, 1:] = x.double().cumsum(2).cumsum(3)
     batch = rois[:, 0].long()
     r = rois.shape[0]
-    ph = torch.arange(group)[:, None]
-    pw = torch.arange(group)[None, :]
+    ph = torch.arange(group, device=x.device)[:, None]
+    pw = torch.arange(group, device=x.device)[None, :]
     # channel (k * group + ph) * group + pw for every (roi, k, ph, pw)
-    k = torch.arange(output_dim)[:, None, None]
+    k = torch.arange(output_dim, device=x.device)[:, None, None]
     channel = (k * group + ph) * group + pw
     b = batch[:, None, None, None].expand(r, output_dim, group, group)
     c = channel[None].expand(r, output_dim, group, group)
@@ -344,7 +346,9 @@ def decode_proposals(
     a = anchors.shape[0]
     fg = scores[0, a:].float()  # (A, H, W): the foreground half
     height, width = fg.shape[1:]
-    ys, xs = torch.meshgrid(torch.arange(height), torch.arange(width), indexing="ij")
+    steps_y = torch.arange(height, device=fg.device)
+    steps_x = torch.arange(width, device=fg.device)
+    ys, xs = torch.meshgrid(steps_y, steps_x, indexing="ij")
     shifts = torch.stack([xs, ys, xs, ys], -1).reshape(-1, 1, 4).float() * cfg.feat_stride
     boxes = (shifts + anchors[None]).reshape(-1, 4)
     d = deltas[0].float().reshape(a, 4, height, width).permute(2, 3, 0, 1).reshape(-1, 4)
@@ -381,7 +385,7 @@ def box_iou(box: Any, boxes: Any, disjoint_zero: bool) -> Any:
 
 def greedy_nms(boxes: Any, thresh: float, limit: int, disjoint_zero: bool) -> Any:
     """Indices kept by greedy NMS in score order (IoU > thresh suppresses), at most `limit`."""
-    alive = torch.ones(len(boxes), dtype=torch.bool)
+    alive = torch.ones(len(boxes), dtype=torch.bool, device=boxes.device)
     keep: list[int] = []
     while len(keep) < limit:
         live = torch.nonzero(alive)
@@ -391,7 +395,7 @@ def greedy_nms(boxes: Any, thresh: float, limit: int, disjoint_zero: bool) -> An
         keep.append(i)
         alive[i] = False
         alive &= box_iou(boxes[i], boxes, disjoint_zero) <= thresh
-    return torch.tensor(keep, dtype=torch.long)
+    return torch.tensor(keep, dtype=torch.long, device=boxes.device)
 
 
 def proposal_tops(
@@ -400,7 +404,8 @@ def proposal_tops(
     """rois (K, 5) and, with 2 tops, their scores, for a batch of one image."""
     cfg = ProposalConfig(**fields)
     info = im_info.reshape(-1).float()
-    boxes, s = decode_proposals(scores, deltas, info, cfg, torch.tensor(anchors))
+    anchors_t = torch.tensor(anchors, device=scores.device)
+    boxes, s = decode_proposals(scores, deltas, info, cfg, anchors_t)
     min_h, min_w = _min_box(info, cfg)
     big = ((boxes[:, 2] - boxes[:, 0] + 1) >= min_w) & ((boxes[:, 3] - boxes[:, 1] + 1) >= min_h)
     if cfg.python:
