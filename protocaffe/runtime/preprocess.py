@@ -215,16 +215,19 @@ def expand_inputs(paths: Sequence[str]) -> list[Path]:
     found: list[Path] = []
     for raw in paths:
         path = Path(raw)
-        if path.is_dir():
-            found.extend(
-                p
-                for p in sorted(path.iterdir())
-                if p.suffix.lower() in IMAGE_SUFFIXES or p.suffix.lower() == ".npy"
-            )
-        elif path.exists():
-            found.append(path)
-        else:
-            raise input_error(f"{raw}: no such file or directory")
+        try:
+            if path.is_dir():
+                found.extend(
+                    p
+                    for p in sorted(path.iterdir())
+                    if p.suffix.lower() in IMAGE_SUFFIXES or p.suffix.lower() == ".npy"
+                )
+            elif path.exists():
+                found.append(path)
+            else:
+                raise input_error(f"{raw}: no such file or directory")
+        except OSError as err:  # a name too long, a folder we may not list
+            raise input_error(f"{raw}: {(err.strerror or str(err)).lower()}") from None
     if not found:
         raise input_error("no input images or .npy files found", hint="pass --input IMG|DIR|NPY")
     return found
