@@ -59,21 +59,24 @@ def _line(text: str, layer: str) -> int:
     return text[: text.index(f'name: "{layer}"')].count("\n") + 1
 
 
-def _classifier(tmp_path: Path) -> tuple[str, str]:
-    net = _write(tmp_path, "cls.prototxt", CLASSIFIER)
+def _classifier(tmp_path: Path, fc6_extra: str = "") -> tuple[str, str]:
+    text = CLASSIFIER.replace("num_output: 8\n", f"num_output: 8 {fc6_extra}\n")
+    net = _write(tmp_path, "cls.prototxt", text)
     weights = str(tmp_path / "cls.caffemodel")
     save_caffemodel(protocaffe.load(net, device="cpu", seed=3), weights)
     return net, weights
 
 
-def test_fully_conv_scores_each_window_like_the_classifier(tmp_path, capsys):
-    net, weights = _classifier(tmp_path)
+@pytest.mark.parametrize("transpose", [False, True])
+def test_fully_conv_scores_each_window_like_the_classifier(tmp_path, capsys, transpose):
+    # transpose: true stores fc6's weights K x N; the convolution still gets N x C x k x k.
+    net, weights = _classifier(tmp_path, "transpose: true" if transpose else "")
     dst = _write(tmp_path, "fc.prototxt", FULL_CONV.replace("KERNEL", "5"))
     out = str(tmp_path / "fc.caffemodel")
     argv = ["surgery", "fully-conv", net, weights, dst, "-o", out]
     assert main([*argv, "--map", "fc6=fc6-conv", "--map", "fc7=fc7-conv"]) == 0
     table = capsys.readouterr().out
-    assert "fc6 -> fc6-conv" in table and "8x100 8 -> 8x4x5x5 8" in table
+    assert "fc6 -> fc6-conv" in table and "-> 8x4x5x5 8" in table
     assert "conv1" in table and "copied" in table
 
     classifier = protocaffe.load(net, weights, device="cpu")

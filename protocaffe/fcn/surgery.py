@@ -82,6 +82,8 @@ def source_from_module(module: Any) -> dict[str, SourceLayer]:
     out = {}
     for name, layer in _first_layers(module).items():
         blobs = [module.blob_tensor(layer, s.name).detach() for s in layer.blob_specs]
+        if layer.type == "InnerProduct" and layer.proto.inner_product_param.transpose:
+            blobs[0] = blobs[0].t()  # stored K x N; a convolution wants N x (C*k*k)
         where = _where(layer.span, module.caffe_graph.name)
         out[name] = SourceLayer(name, layer.type, blobs, where, layer.span)
     return out
@@ -168,7 +170,7 @@ def fully_conv(
                 "bias_term must agree on both sides",
             )
             continue
-        convert = src.type == "InnerProduct" and layer.type in ("Convolution", "Deconvolution")
+        convert = src.type == "InnerProduct" and layer.type == "Convolution"
         for j, (blob, shape) in enumerate(zip(src.blobs, wanted, strict=True)):
             if tuple(blob.shape) == shape:
                 plan.append((dst.blob_tensor(layer, layer.blob_specs[j].name), blob))
