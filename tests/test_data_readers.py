@@ -208,3 +208,11 @@ def test_leveldb_backend(tmp_path, monkeypatch, images):
     assert g.blob("data").shape == (2, 3, 6, 7)
     with make_feeder(g) as feeder:
         assert [next(feeder)["label"].tolist() for _ in range(2)] == [[10, 11], [12, 10]]
+
+
+def test_lmdb_records_strided_by_rank_at_train(db):
+    net = data_net(batch=2)
+    with make_feeder(graph(net, "TRAIN"), rank=1, world_size=2) as feeder:
+        got = [next(feeder)["label"].tolist() for _ in range(3)]
+    # Offsets 1, 3, 5, 7, 9, 11 of the wrapping 5-record stream: records 1, 3, 0, 2, 4, 1.
+    assert got == [[11, 13], [10, 12], [14, 11]]

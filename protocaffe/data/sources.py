@@ -155,6 +155,11 @@ class ImageDataSource(Source):
         if shuffle:
             self.rng.shuffle(order)
         start = int(self.rng.integers(self.param.rand_skip)) if self.param.rand_skip else 0
+        if start >= len(lines):  # Caffe CHECKs it too
+            raise input_error(
+                f"rand_skip skipped {start} of the {len(lines)} images {self.param.source} lists",
+                self.span,
+            )
         while True:
             for i in order[start:]:
                 yield lines[i], int(i) + 1
