@@ -138,7 +138,10 @@ class Feeder:
         self.close()
 
 
-def _tensor(array: np.ndarray) -> torch.Tensor:
+def _tensor(array: Any) -> torch.Tensor:
+    """float32 CPU tensor (the DataLoader already turned prefetched arrays into tensors)."""
+    if isinstance(array, torch.Tensor):
+        return array.to(torch.float32).contiguous()
     return torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))
 
 
