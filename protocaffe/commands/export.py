@@ -124,7 +124,14 @@ def _onnx(exported: object, target: Path, report: bool) -> int:
     print(f"wrote {target} (opset {model.opset_import[0].version}, {_dims(exported)})")
     for c in checks:
         shown = ", ".join("x".join(map(str, s)) for s in c.shapes)
-        print(f"onnxruntime {shown}: max error {c.max_error:.2e} of the output's scale")
+        print(
+            f"onnxruntime {shown}: max error {c.max_error:.2e} of the output's scale"
+            + (
+                " (the outputs are all zero: a check with --weights says more)"
+                if c.all_zero
+                else ""
+            )
+        )
     if report:
         graph = exported.module.caffe_graph
         print()

@@ -121,21 +121,24 @@ class Check:
     shapes: list[tuple[int, ...]]  # input shapes run
     max_error: float  # max |onnx - protocaffe| over outputs, relative to each output's scale
     worst_output: str
+    all_zero: bool  # every reference output is zero (e.g. zero-filled weights): says little
 
 
-def compare(want: dict[str, Any], got: list[Any], names: list[str]) -> tuple[float, str]:
+def compare(want: dict[str, Any], got: list[Any], names: list[str]) -> tuple[float, str, bool]:
     """Max over outputs of max|got - want| / max(max|want|, tiny): the error in units of the
-    output's scale."""
+    output's scale; the worst output; whether every reference output is zero."""
     import numpy as np
 
-    worst, which = 0.0, ""
+    worst, which, all_zero = 0.0, "", True
     for name, value in zip(names, got, strict=True):
         ref = want[name].detach().cpu().numpy().astype(np.float64)
-        scale = max(float(np.abs(ref).max()) if ref.size else 0.0, 1e-12)
-        err = float(np.abs(np.asarray(value, np.float64) - ref).max()) / scale if ref.size else 0.0
+        peak = float(np.abs(ref).max()) if ref.size else 0.0
+        all_zero &= peak == 0.0
+        diff = float(np.abs(np.asarray(value, np.float64) - ref).max()) if ref.size else 0.0
+        err = diff / max(peak, 1e-12)
         if err >= worst:
             worst, which = err, name
-    return worst, which
+    return worst, which, all_zero
 
 
 def check_onnx(path: str, exported: Exported, shapes: list[list[tuple[int, ...]]]) -> list[Check]:
@@ -155,6 +158,6 @@ def check_onnx(path: str, exported: Exported, shapes: list[list[tuple[int, ...]]
         got = session.run(exported.output_names, feeds)
         with torch.no_grad():
             want = module(dict(zip(exported.input_names, inputs, strict=True)))
-        err, which = compare(want, got, exported.output_names)
-        checks.append(Check([tuple(s) for s in input_shapes], err, which))
+        err, which, all_zero = compare(want, got, exported.output_names)
+        checks.append(Check([tuple(s) for s in input_shapes], err, which, all_zero))
     return checks

@@ -160,6 +160,26 @@ def _code_by_layer(graph: Graph) -> dict[str, list[str]]:
     return code
 
 
+def _clip_varies(layer: Layer) -> bool:
+    """Whether a ceil-mode Pooling drops its last window (the clip rule) for some input sizes
+    near this one and not for others: the traced size formula then takes one branch only."""
+    from protocaffe.layers._spatial import pool_window
+
+    shape = layer.inputs[0].shape if layer.inputs else None
+    p = layer.proto.pooling_param
+    if layer.type != "Pooling" or p.global_pooling or p.round_mode != 0 or not shape:
+        return False
+    window = pool_window(p, shape[2:])
+    for n, k, s, q in zip(shape[2:], window.kernel, window.stride, window.pad, strict=True):
+        clipped = set()
+        for size in range(n, n + 2 * s):
+            out = -(-(size + 2 * q - k) // s) + 1
+            clipped.add((out - 1) * s >= size + q)
+        if len(clipped) > 1:
+            return True
+    return False
+
+
 def pinning_layer(graph: Graph, kind: str) -> tuple[Layer, str] | None:
     """The first layer whose code or blobs change when the input's `kind` sizes ("batch",
     "hw") change, with why; None when the net is size-generic there."""
@@ -176,6 +196,11 @@ def pinning_layer(graph: Graph, kind: str) -> tuple[Layer, str] | None:
             return (layer, f"fixes it ({first.message})") if layer is not None else None
         other_code = _code_by_layer(other)
         for a, b in zip(graph.layers, other.layers, strict=True):
+            if kind == "hw" and _clip_varies(a):
+                return a, (
+                    "rounds its output size up and drops the last window for some input sizes "
+                    "only (ceil mode): the exported size formula would hold for part of them"
+                )
             if [s.shape for s in a.blob_specs] != [s.shape for s in b.blob_specs]:
                 return a, "has blobs whose shape follows the input size"
             if code.get(a.name) != other_code.get(b.name):
