@@ -198,3 +198,20 @@ def test_oracle_keeps_the_same_rows_as_the_lowering_for_the_python_layer() -> No
     info = np.float32([[80, 96, 0.5]])
     want = oracle(PY_PROPOSAL, {"s": scores, "d": deltas, "info": info}, "p")
     assert want[0].shape[1] == 5 and want[1].shape == (len(want[0]), 1)
+
+
+def test_roi_pooling_fast_and_masked_paths_match_the_oracle() -> None:
+    """Random rois, inside the map (adaptive max pooling) and across its border (masks)."""
+    from protocaffe.layers.rcnn import roi_pool
+
+    x = RNG.normal(size=(2, 6, 20, 24)).astype(np.float32)
+    rois = np.zeros((120, 5), np.float32)
+    rois[:, 0] = RNG.integers(0, 2, 120)
+    rois[:, 1:3] = RNG.uniform(-40, 400, (120, 2))
+    rois[:, 3:] = rois[:, 1:3] + RNG.uniform(0, 200, (120, 2))
+    text = roi("pooled_h: 7 pooled_w: 5 spatial_scale: 0.0625")
+    want = oracle(text, {"x": x, "rois": rois}, "r")[0]
+    import torch
+
+    got = roi_pool(torch.from_numpy(x), torch.from_numpy(rois), (7, 5), 0.0625).numpy()
+    np.testing.assert_array_equal(got, want)

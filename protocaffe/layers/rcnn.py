@@ -39,7 +39,7 @@ import numpy as np
 
 from protocaffe.layers.base import LayerDef, LowerContext, Shape, ShapeContext, register, shape_str
 from protocaffe.layers.data import native_python_layer
-from protocaffe.lazy import torch
+from protocaffe.lazy import F, torch
 from protocaffe.proto import caffe_pb2
 from protocaffe.proto.schema import Field, declare_message
 
@@ -119,25 +119,58 @@ def roi_bins(start: Any, size: Any, pooled: int, limit: int) -> tuple[Any, Any]:
     return lo.clamp(0, limit), hi.clamp(0, limit)
 
 
+def adaptive_bins(start: Any, size: Any, pooled: int) -> tuple[Any, Any]:
+    """adaptive_max_pool2d's bins over [start, start + size): integer floor and ceil."""
+    steps = torch.arange(pooled, device=size.device)
+    lo = (steps[None, :] * size[:, None]) // pooled + start[:, None]
+    hi = -((-(steps[None, :] + 1) * size[:, None]) // pooled) + start[:, None]
+    return lo, hi
+
+
 def roi_pool(x: Any, rois: Any, pooled: tuple[int, int], scale: float) -> Any:
-    """ROIPoolingLayer's forward: per roi, the max of each bin (0 for an empty bin)."""
+    """ROIPoolingLayer's forward: per roi, the max of each bin (0 for an empty bin).
+
+    A roi inside the map whose float32 bins equal adaptive max pooling's runs that kernel on
+    its window; any other (clipped at the border, or a bin edge that float rounding moves) is
+    pooled bin by bin with masks over the roi's window."""
     rois = _rois(rois).float()
     height, width = x.shape[-2:]
     corners = _c_round_t(rois[:, 1:] * torch.tensor(scale, dtype=torch.float32)).long()
-    sizes_w = (corners[:, 2] - corners[:, 0] + 1).clamp(min=1)
-    sizes_h = (corners[:, 3] - corners[:, 1] + 1).clamp(min=1)
-    hlo, hhi = roi_bins(corners[:, 1], sizes_h, pooled[0], height)
-    wlo, whi = roi_bins(corners[:, 0], sizes_w, pooled[1], width)
+    starts = (corners[:, 1], corners[:, 0])
+    sizes = (
+        (corners[:, 3] - starts[0] + 1).clamp(min=1),
+        (corners[:, 2] - starts[1] + 1).clamp(min=1),
+    )
+    hlo, hhi = roi_bins(starts[0], sizes[0], pooled[0], height)
+    wlo, whi = roi_bins(starts[1], sizes[1], pooled[1], width)
+    fast = (starts[0] >= 0) & (starts[0] + sizes[0] <= height)
+    fast &= (starts[1] >= 0) & (starts[1] + sizes[1] <= width)
+    for (lo, hi), mine in zip(
+        (
+            adaptive_bins(starts[0], sizes[0], pooled[0]),
+            adaptive_bins(starts[1], sizes[1], pooled[1]),
+        ),
+        ((hlo, hhi), (wlo, whi)),
+        strict=True,
+    ):
+        fast &= (lo == mine[0]).all(1) & (hi == mine[1]).all(1)
     out = x.new_zeros((rois.shape[0], x.shape[1], *pooled))
-    rows = torch.arange(height, device=x.device)
-    cols = torch.arange(width, device=x.device)
     lowest = torch.tensor(-FLT_MAX, dtype=x.dtype, device=x.device)
-    for r in range(rois.shape[0]):
-        plane = x[int(rois[r, 0])]
-        in_cols = (cols[None, :] >= wlo[r, :, None]) & (cols[None, :] < whi[r, :, None])
+    edges = [t.tolist() for t in (hlo, hhi, wlo, whi)]
+    for r, (batch, quick) in enumerate(zip(rois[:, 0].long().tolist(), fast.tolist(), strict=True)):
+        h0, h1, w0, w1 = min(edges[0][r]), max(edges[1][r]), min(edges[2][r]), max(edges[3][r])
+        if h1 <= h0 or w1 <= w0:
+            continue  # every bin is empty: 0
+        window = x[batch, :, h0:h1, w0:w1]
+        if quick:
+            out[r] = F.adaptive_max_pool2d(window, pooled)
+            continue
+        rows = torch.arange(h0, h1, device=x.device)
+        cols = torch.arange(w0, w1, device=x.device)
         in_rows = (rows[None, :] >= hlo[r, :, None]) & (rows[None, :] < hhi[r, :, None])
-        # the max of each column bin, then of each row bin: (C, H, Pw) -> (C, Ph, Pw)
-        by_col = torch.where(in_cols[None, None], plane[:, :, None, :], lowest).amax(-1)
+        in_cols = (cols[None, :] >= wlo[r, :, None]) & (cols[None, :] < whi[r, :, None])
+        # the max of each column bin, then of each row bin: (C, h, Pw) -> (C, Ph, Pw)
+        by_col = torch.where(in_cols[None, None], window[:, :, None, :], lowest).amax(-1)
         by_row = torch.where(in_rows[None, :, :, None], by_col[:, None], lowest).amax(2)
         empty = (in_rows.sum(1)[:, None] == 0) | (in_cols.sum(1)[None, :] == 0)
         out[r] = torch.where(empty[None], torch.zeros_like(by_row), by_row)
