@@ -108,11 +108,11 @@ def _load(args: argparse.Namespace, net: str, weights: str | None = None) -> Any
     """The net as a CPU module (fillers, or `weights` over them); warnings printed, located."""
     import warnings
 
-    from protocaffe.diagnostics import print_diagnostics
+    from protocaffe.commands.run import report_load
     from protocaffe.runtime.api import load
 
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the weights report's are printed below, located
+        warnings.simplefilter("ignore")  # report_load prints them, located
         module = load(
             net,
             weights,
@@ -122,11 +122,7 @@ def _load(args: argparse.Namespace, net: str, weights: str | None = None) -> Any
             seed=args.seed,
             allow_missing=weights is not None,
         )
-    report = module.weights_report
-    print_diagnostics(
-        [d for d in module.caffe_graph.diagnostics if d.severity != "note"]
-        + (report.diagnostics if report is not None else [])
-    )
+    report_load(module)
     return module
 
 
