@@ -148,9 +148,9 @@ PY_PROPOSAL = (
 
 
 def test_py_faster_rcnn_proposal_runs_natively() -> None:
-    scores = RNG.uniform(size=(1, 18, 14, 18)).astype(np.float32)
-    deltas = (RNG.normal(size=(1, 36, 14, 18)) * 0.3).astype(np.float32)
-    info = np.float32([[224, 288, 1.0]])
+    scores = RNG.uniform(size=(1, 18, 7, 9)).astype(np.float32)
+    deltas = (RNG.normal(size=(1, 36, 7, 9)) * 0.3).astype(np.float32)
+    info = np.float32([[112, 144, 1.0]])
     graph = compile_snippet(PY_PROPOSAL, {"s": scores.shape, "d": deltas.shape, "info": info.shape})
     layer = graph.layer("p")
     assert not layer.spec.is_input and layer.spec.type == "Python"
@@ -161,7 +161,7 @@ def test_py_faster_rcnn_proposal_runs_natively() -> None:
     # Boxes under RPN_MIN_SIZE (16 px at scale 1) are removed, not kept with score 0.
     widths, heights = rois[:, 3] - rois[:, 1] + 1, rois[:, 4] - rois[:, 2] + 1
     assert widths.min() >= 16 and heights.min() >= 16
-    assert rois[:, 1:].min() >= 0 and rois[:, 3].max() <= 287 and rois[:, 4].max() <= 223
+    assert rois[:, 1:].min() >= 0 and rois[:, 3].max() <= 143 and rois[:, 4].max() <= 111
 
 
 def test_python_layers_of_other_modules_stay_inputs() -> None:
