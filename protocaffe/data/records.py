@@ -117,16 +117,19 @@ def decode_datum(
 
 def decode_image(data: bytes, where: str, color: bool | None = True) -> np.ndarray:
     """Image file bytes -> CxHxW uint8 as Caffe's cv::imdecode gives them: BGR colour, or one
-    grey channel; `color=None` keeps the file's own channels (grey or BGR). OpenCV decodes
-    when installed (Caffe's own decoder), else PIL."""
+    grey channel; `color=None` keeps the file's own channels (grey, BGR or BGRA: Caffe's
+    "native" decoding of encoded Datums). OpenCV decodes when installed (Caffe's own
+    decoder), else PIL."""
     try:
         import cv2
     except ImportError:
         return _pil_decode(data, where, color)
-    flags = {True: cv2.IMREAD_COLOR, False: cv2.IMREAD_GRAYSCALE, None: cv2.IMREAD_ANYCOLOR}
+    flags = {True: cv2.IMREAD_COLOR, False: cv2.IMREAD_GRAYSCALE, None: cv2.IMREAD_UNCHANGED}
     img = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), flags[color])
     if img is None:
         raise input_error(f"{where}: cannot decode the image")
+    if img.dtype != np.uint8:
+        raise input_error(f"{where}: a {img.dtype} image; Caffe's transformer takes 8-bit ones")
     return _chw(img)
 
 
@@ -137,11 +140,15 @@ def _pil_decode(data: bytes, where: str, color: bool | None) -> np.ndarray:
 
     try:
         with Image.open(io.BytesIO(data)) as im:
-            grey = color is False or (color is None and im.mode in ("L", "1", "I;16"))
-            img = np.asarray(im.convert("L" if grey else "RGB"))
+            native = {"L": "L", "1": "L", "RGBA": "RGBA", "LA": "RGBA", "P": "RGB"}
+            mode = {True: "RGB", False: "L", None: native.get(im.mode, "RGB")}[color]
+            img = np.asarray(im.convert(mode))
     except (UnidentifiedImageError, OSError) as err:
         raise input_error(f"{where}: cannot decode the image: {err}") from None
-    return _chw(img if grey else img[:, :, ::-1])
+    if mode == "L":
+        return _chw(img)
+    bgr = img[:, :, [2, 1, 0, 3][: img.shape[2]]]  # RGB(A) -> BGR(A), OpenCV's order
+    return _chw(bgr)
 
 
 def _chw(hwc: np.ndarray) -> np.ndarray:
