@@ -185,9 +185,12 @@ def clip_gradients(param: Any, diffs: list[torch.Tensor]) -> float | None:
     clip = f32(param.clip_gradients)
     if clip < 0:
         return None
+    # One float per blob (Blob::sumsq_diff), summed in order in float as Caffe does; one
+    # device sync for all of them.
+    per_blob = torch.stack([torch.dot(d.reshape(-1), d.reshape(-1)).float() for d in diffs])
     sumsq = f32(0)
-    for d in diffs:
-        sumsq += f32(torch.dot(d.reshape(-1), d.reshape(-1)).item())
+    for value in per_blob.tolist():
+        sumsq += f32(value)
     norm = f32(np.sqrt(sumsq))
     if norm > clip:
         scale = float(clip / norm)
