@@ -183,7 +183,7 @@ def clip_gradients(param: Any, diffs: list[torch.Tensor]) -> float | None:
     import torch
 
     clip = f32(param.clip_gradients)
-    if clip < 0:
+    if clip < 0 or not diffs:
         return None
     # One float per blob (Blob::sumsq_diff), summed in order in float as Caffe does; one
     # device sync for all of them.
