@@ -215,3 +215,30 @@ def test_roi_pooling_fast_and_masked_paths_match_the_oracle() -> None:
 
     got = roi_pool(torch.from_numpy(x), torch.from_numpy(rois), (7, 5), 0.0625).numpy()
     np.testing.assert_array_equal(got, want)
+
+
+def test_faster_rcnn_style_head_matches_opencv(tmp_path) -> None:
+    """conv features -> RPN convs -> Proposal -> ROIPooling -> InnerProduct, whole, against
+    OpenCV (min_size 0, which OpenCV ignores, and enough boxes to fill post_nms_topn)."""
+    g = 'weight_filler { type: "gaussian" std: 0.05 } bias_filler { type: "gaussian" std: 0.1 }'
+    body = "\n".join(
+        [
+            f'layer {{ name: "feat" type: "Convolution" bottom: "data" top: "feat" '
+            f"convolution_param {{ num_output: 8 kernel_size: 3 pad: 1 stride: 8 {g} }} }}",
+            f'layer {{ name: "rpn_score" type: "Convolution" bottom: "feat" top: "rpn_score" '
+            f"convolution_param {{ num_output: 18 kernel_size: 1 {g} }} }}",
+            f'layer {{ name: "rpn_delta" type: "Convolution" bottom: "feat" top: "rpn_delta" '
+            f"convolution_param {{ num_output: 36 kernel_size: 1 {g} }} }}",
+            'layer { name: "proposal" type: "Proposal" bottom: "rpn_score" bottom: "rpn_delta" '
+            'bottom: "im_info" top: "rois" proposal_param { feat_stride: 8 min_size: 0 '
+            "ratio: 0.5 ratio: 1 ratio: 2 scale: 2 scale: 4 scale: 8 pre_nms_topn: 150 "
+            "post_nms_topn: 12 } }",
+            'layer { name: "pool" type: "ROIPooling" bottom: "feat" bottom: "rois" top: "pool" '
+            "roi_pooling_param { pooled_h: 3 pooled_w: 3 spatial_scale: 0.125 } }",
+            f'layer {{ name: "fc" type: "InnerProduct" bottom: "pool" top: "fc" '
+            f"inner_product_param {{ num_output: 4 {g} }} }}",
+        ]
+    )
+    data = RNG.normal(size=(1, 3, 48, 64)).astype(np.float32)
+    info = np.float32([[48, 64, 1, 1]])
+    opencv_parity(tmp_path, body, {"data": data, "im_info": info}, ["rois", "pool", "fc"])
