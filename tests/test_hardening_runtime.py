@@ -347,3 +347,23 @@ def test_emitted_module_with_sigmoid_cross_entropy_and_a_bare_tensor(tmp_path):
     emitted.load_state_dict(lrn.state_dict())
     x = torch.randn(1, 3, 12, 12)
     torch.testing.assert_close(emitted(x)["fc"], lrn(x)["fc"])
+
+
+@pytest.mark.parametrize(
+    ("pool", "stride", "pad"), [("MAX", 2**31, 1), ("MAX", 2**31 - 1, 0), ("AVE", 2**31 - 1, 0)]
+)
+def test_pooling_with_a_stride_past_the_input_matches_caffe(tmp_path, pool, stride, pad):
+    # Found by the fuzz suite: PyTorch's 32-bit window arithmetic overflowed.
+    from protocaffe.ir.build import shape_context
+
+    text = (
+        'name: "s"\ninput: "data" input_shape { dim: 1 dim: 2 dim: 4 dim: 4 }\n'
+        'layer { name: "pool" type: "Pooling" bottom: "data" top: "pool"\n'
+        f"  pooling_param {{ pool: {pool} kernel_size: 2 stride: {stride} pad: {pad} }} }}\n"
+    )
+    module = protocaffe.load(write(tmp_path, text), device="cpu")
+    x = torch.randn(1, 2, 4, 4)
+    layer = module.caffe_graph.layer("pool")
+    ctx = shape_context(module.caffe_graph, layer)
+    want = layer.spec.reference(ctx, [x.numpy().astype(np.float64)], [])[0]
+    np.testing.assert_allclose(module(x)["pool"].numpy(), want, rtol=1e-6)

@@ -405,7 +405,11 @@ def pool_nodes(
     return_mask: bool = False,
 ) -> list[fx.Node]:
     """Emit Caffe pooling: PyTorch's fused kernels when they agree, else `caffe_pool2d`."""
-    k, s, p = window.kernel, window.stride, window.pad
+    k, p = window.kernel, window.pad
+    # A stride past the padded input (2^31 from a hostile file) leaves every window after the
+    # first wholly outside it, where any such stride gives the same (empty) windows: use the
+    # smallest, so that PyTorch's 32-bit index arithmetic and the padding stay in range.
+    s = [min(window.stride[i], size[i] + 2 * p[i] + k[i]) for i in range(2)]
     fast = method in (MAX, AVE) and all(
         torch_pool_matches(size[i], k[i], s[i], p[i], out[i], ceil) for i in range(2)
     )
