@@ -66,7 +66,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from protocaffe.cli import UsageError
-    from protocaffe.train.distributed import init_from_env
+    from protocaffe.train.distributed import init_from_env, shutdown
     from protocaffe.train.report import Reporter
     from protocaffe.train.solver import Solver
 
@@ -112,6 +112,8 @@ def run(args: argparse.Namespace) -> int:
                 solver.step(solver.param.max_iter - solver.iter)
     finally:
         reporter.close()
+        if world > 1:
+            shutdown()
     return 0
 
 

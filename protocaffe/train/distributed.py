@@ -78,3 +78,11 @@ def average_gradients(blobs: list[LearnableBlob]) -> None:
     flat.mul_(float(np.float32(1) / np.float32(dist.get_world_size())))
     for g, reduced in zip(grads, _unflatten_dense_tensors(flat, grads), strict=True):
         g.copy_(reduced)
+
+
+def shutdown() -> None:
+    """Leave the process group (at the end of a torchrun-launched run)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
