@@ -148,7 +148,7 @@ def excess(
         f"this net needs {nbytes(plan.total)} ({detail}) but {where} has {nbytes(free)} "
         f"available; layer '{name}' needs {nbytes(biggest)}",
         span,
-        f"give smaller inputs (--shape), or {FORCE_HINT}",
+        f"use smaller input shapes, or {FORCE_HINT}",
     )
 
 
