@@ -176,3 +176,79 @@ def test_fcn_val_net_with_a_voc_style_layer(tmp_path, monkeypatch):
         )
     finally:
         sys.modules.pop("voc_layers", None)
+
+
+# pycaffe's own example style (examples/pycaffe/layers/pyloss.py): a loss with its backward,
+# and a layer with a learnable-free forward/backward in between.
+COMPUTE_LAYERS = """
+import caffe
+import numpy as np
+
+
+class Double(caffe.Layer):
+    def reshape(self, bottom, top):
+        top[0].reshape(*bottom[0].data.shape)
+
+    def forward(self, bottom, top):
+        top[0].data[...] = 2 * bottom[0].data
+
+    def backward(self, top, propagate_down, bottom):
+        if propagate_down[0]:
+            bottom[0].diff[...] = 2 * top[0].diff
+
+
+class HalfSquaredError(caffe.Layer):
+    def setup(self, bottom, top):
+        if len(bottom) != 2:
+            raise Exception("Need two inputs to compute distance.")
+
+    def reshape(self, bottom, top):
+        self.diff = np.zeros_like(bottom[0].data, dtype=np.float32)
+        top[0].reshape(1)
+
+    def forward(self, bottom, top):
+        self.diff[...] = bottom[0].data - bottom[1].data
+        top[0].data[...] = np.sum(self.diff ** 2) / bottom[0].num / 2.0
+
+    def backward(self, top, propagate_down, bottom):
+        for i in range(2):
+            if propagate_down[i]:
+                sign = 1 if i == 0 else -1
+                bottom[i].diff[...] = sign * self.diff / bottom[i].num * top[0].diff
+"""
+
+COMPUTE_NET = """
+layer { name: "double" type: "Python" bottom: "x" top: "y"
+  python_param { module: "compute_layers" layer: "Double" } }
+layer { name: "loss" type: "Python" bottom: "y" bottom: "t" top: "loss"
+  python_param { module: "compute_layers" layer: "HalfSquaredError" } }
+"""
+
+
+def test_python_layers_with_bottoms_run_forward_and_backward(tmp_path):
+    import torch
+
+    from protocaffe.lower.builder import lower_graph
+    from protocaffe.testing import compile_snippet
+
+    (tmp_path / "compute_layers.py").write_text(COMPUTE_LAYERS)
+    parsed = parse_text(COMPUTE_NET, "<net>")
+    layers = PythonLayers.load(parsed.message, "TRAIN", path=[str(tmp_path)])
+    try:
+        graph = compile_snippet(COMPUTE_NET, {"x": (2, 3), "t": (2, 3)}, phase="TRAIN")
+        assert graph.blob("y").shape == (2, 3) and graph.blob("loss").shape == (1,)
+        module = lower_graph(graph)
+        rng = np.random.default_rng(0)
+        x = torch.tensor(rng.standard_normal((2, 3)), dtype=torch.float32, requires_grad=True)
+        t = torch.tensor(rng.standard_normal((2, 3)), dtype=torch.float32)
+        loss = module({"x": x, "t": t})["loss"]
+        want = ((2 * x.detach() - t) ** 2).sum() / 2 / 2
+        torch.testing.assert_close(loss[0], want)
+        (3 * loss).sum().backward()  # loss_weight 3 arrives as the top's diff
+        torch.testing.assert_close(x.grad, 3 * 2 * (2 * x.detach() - t) / 2)
+    finally:
+        layers.unload()
+        sys.modules.pop("compute_layers", None)
+    # Unloaded: the same net no longer runs user code.
+    with pytest.raises(CompileError, match="--shape y="):
+        compile_snippet(COMPUTE_NET, {"x": (2, 3), "t": (2, 3)}, phase="TRAIN")

@@ -1,4 +1,4 @@
-"""Python data layers (`type: "Python"` without bottoms), run only when the user allows it.
+"""Python layers (`type: "Python"`), run only when the user allows it.
 
 A prototxt names a module and class (`python_param { module: "voc_layers" layer:
 "SBDDSegDataLayer" param_str: "..." }`); running it means importing and executing user code,
@@ -13,7 +13,10 @@ so nothing here happens implicitly. The user opts in, on the command line with
 `load` imports each class with `protocaffe.pycaffe` standing in for `caffe`, builds it as
 pycaffe does (param_str and phase set), and runs `setup(bottom, top)` then `reshape(bottom,
 top)` (Caffe's Layer::SetUp): the tops' shapes are then known for the graph. Each batch is
-then Caffe's Forward: `reshape` then `forward`, and the tops' `.data` are the batch. An
+then Caffe's Forward: `reshape` then `forward`, and the tops' `.data` are the batch.
+A layer with bottoms is set up when `build_graph` reaches it (its bottoms' shapes known) and
+runs inside the lowered module: `reshape` + `forward` on the bottoms' data, and in the
+backward pass its own `backward(top, propagate_down, bottom)` on the tops' `.diff`. An
 exception in the user's code is reported as an error naming the layer, the method, and where
 in the user's file it was raised.
 """
@@ -41,7 +44,10 @@ FLAG_HINT = (
 
 
 class PythonLayer:
-    """One user layer instance with its top blobs."""
+    """One user layer instance with its bottom and top blobs.
+
+    A data layer (no bottoms) is set up at once; a layer with bottoms when the graph knows
+    their shapes (`set_up`), and then runs inside the lowered module (`op`)."""
 
     def __init__(self, proto: Any, phase: int, span: Any = None) -> None:
         self.proto = proto
@@ -52,12 +58,25 @@ class PythonLayer:
         cls = getattr(module, p.layer, None)
         if cls is None:
             raise input_error(f"{self.where}: module {p.module} has no class {p.layer}", span)
+        self.bottom = [pycaffe.Blob() for _ in proto.bottom]
         self.top = [pycaffe.Blob() for _ in proto.top]
         self.instance = self._call(lambda: cls(proto), "__init__")
         self.instance.param_str = p.param_str
         self.instance.phase = phase
-        self._call(lambda: self.instance.setup([], self.top), "setup")
-        self._call(lambda: self.instance.reshape([], self.top), "reshape")
+        self.ready = False
+        if not self.bottom:
+            self.set_up([])
+
+    def set_up(self, bottom_shapes: Sequence[Sequence[int]]) -> list[tuple[int, ...]]:
+        """Caffe's Layer::SetUp for these bottom shapes (setup once, reshape every time);
+        the top shapes."""
+        for blob, shape in zip(self.bottom, bottom_shapes, strict=True):
+            blob.reshape(*shape)
+        if not self.ready:
+            self._call(lambda: self.instance.setup(self.bottom, self.top), "setup")
+            self.ready = True
+        self._call(lambda: self.instance.reshape(self.bottom, self.top), "reshape")
+        return [blob.shape for blob in self.top]
 
     @property
     def shapes(self) -> dict[str, tuple[int, ...]]:
@@ -65,9 +84,30 @@ class PythonLayer:
 
     def forward(self) -> list[np.ndarray]:
         """Caffe's Layer::Forward: reshape, then forward; the tops' data (copied)."""
-        self._call(lambda: self.instance.reshape([], self.top), "reshape")
-        self._call(lambda: self.instance.forward([], self.top), "forward")
+        self._call(lambda: self.instance.reshape(self.bottom, self.top), "reshape")
+        self._call(lambda: self.instance.forward(self.bottom, self.top), "forward")
         return [np.array(blob.data, dtype=np.float32) for blob in self.top]
+
+    def backward(self, top_diffs: list[Any], propagate_down: list[bool]) -> list[np.ndarray]:
+        """Caffe's Layer::Backward: the tops' diffs in, the bottoms' diffs (copied) out."""
+        for blob, diff in zip(self.top, top_diffs, strict=True):
+            blob.diff[...] = 0 if diff is None else diff
+        for blob in self.bottom:
+            blob.diff[...] = 0
+        run = lambda: self.instance.backward(self.top, propagate_down, self.bottom)  # noqa: E731
+        self._call(run, "backward")
+        return [np.array(blob.diff, dtype=np.float32) for blob in self.bottom]
+
+    def op(self) -> Any:
+        """The function the lowered module calls: bottoms in, tops out, backward through
+        the layer's own `backward` (see `protocaffe.lower.caffe_grad.python_layer`)."""
+        from protocaffe.lower.caffe_grad import python_layer
+
+        def run(*bottoms: Any) -> Any:
+            return python_layer(self, *bottoms)
+
+        run.__name__ = f"python_layer_{''.join(c if c.isalnum() else '_' for c in self.proto.name)}"
+        return run
 
     def _call(self, run: Any, method: str) -> Any:
         try:
@@ -141,19 +181,39 @@ class PythonLayers:
                 if proto.type != "Python" or not layer_included(state, proto):
                     continue
                 span = spans(i) if spans else None
-                if len(proto.bottom):
-                    raise input_error(
-                        f"Python layer '{proto.name}' has bottoms: protocaffe runs Python "
-                        "data layers (no bottoms) only",
-                        span,
-                    )
                 layers[proto.name] = PythonLayer(proto, state.phase, span)
-        return cls(layers)
+        loaded = cls(layers)
+        _ACTIVE.append(loaded)
+        return loaded
+
+    def unload(self) -> None:
+        """Stop offering these layers to graphs built from now on."""
+        if self in _ACTIVE:
+            _ACTIVE.remove(self)
 
     @property
     def shapes(self) -> dict[str, tuple[int, ...]]:
-        """Top shapes after setup, by top name (input_shapes for build_graph)."""
-        return {k: v for layer in self.layers.values() for k, v in layer.shapes.items()}
+        """Data layers' top shapes after setup, by top name (input_shapes for build_graph)."""
+        return {
+            k: v
+            for layer in self.layers.values()
+            if not layer.bottom
+            for k, v in layer.shapes.items()
+        }
+
+
+# Loaded sets whose Python layers with bottoms the graph builder and lowering may run (the
+# most recent first). Only `PythonLayers.load`, the user's opt-in, adds to it.
+_ACTIVE: list[PythonLayers] = []
+
+
+def allowed_layer(name: str, phase: int) -> PythonLayer | None:
+    """The loaded user layer with bottoms named `name` for `phase`, if the user loaded one."""
+    for loaded in reversed(_ACTIVE):
+        layer = loaded.layers.get(name)
+        if layer is not None and layer.bottom and layer.instance.phase == phase:
+            return layer
+    return None
 
 
 def refuse(layer: Any) -> Exception:

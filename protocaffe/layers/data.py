@@ -20,7 +20,7 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any
 
-from protocaffe.diagnostics import CompileError
+from protocaffe.diagnostics import CompileError, Diagnostic
 from protocaffe.layers.base import LayerDef, LowerContext, Shape, ShapeContext, register
 from protocaffe.lower.fillers import check_fillers
 
@@ -283,7 +283,10 @@ class Python(_Input):
 
     def for_layer(self, proto: Any) -> LayerDef:
         p = proto.python_param
-        return NATIVE_PYTHON_LAYERS.get((p.module, p.layer), self)
+        native = NATIVE_PYTHON_LAYERS.get((p.module, p.layer))
+        if native is not None:
+            return native
+        return PYTHON_COMPUTE if len(proto.bottom) and _user_loaded(proto.name) else self
 
     def shapes(self, ctx: ShapeContext) -> list[Shape]:
         p = ctx.param
@@ -296,6 +299,62 @@ class Python(_Input):
             hint=f"{SIZES_HINT}; or let protocaffe run the layer's own code to learn them "
             "(train/test: --python-layers DIR; Python: protocaffe.data.PythonLayers.load)",
         )
+
+
+def _user_loaded(name: str) -> bool:
+    """Whether the user loaded a Python layer with bottoms named `name` (any phase)."""
+    import sys
+
+    pylayer = sys.modules.get("protocaffe.data.pylayer")  # only after PythonLayers.load
+    return pylayer is not None and any(
+        pylayer.allowed_layer(name, phase) is not None for phase in (0, 1)
+    )
+
+
+class PythonCompute(LayerDef):
+    """A Python layer with bottoms that the user loaded (`protocaffe.data.PythonLayers`):
+    its setup/reshape give the top shapes, and the lowered module runs its forward and
+    backward. Without the user's opt-in, `Python` treats it as an input, as before."""
+
+    type = "Python"
+    param_field = "python_param"
+    bottoms = (1, None)
+    tops = (0, None)
+
+    def _user(self, ctx: ShapeContext | LowerContext) -> Any:
+        from protocaffe.data.pylayer import FLAG_HINT, allowed_layer
+
+        user = allowed_layer(ctx.layer.name, ctx.phase)
+        if user is None:
+            p = ctx.layer.proto.python_param
+            raise CompileError(
+                [
+                    Diagnostic(
+                        "error",
+                        f"runs Python code ({p.module}.{p.layer}) that was not loaded for "
+                        "this phase",
+                        ctx.layer.span,
+                        FLAG_HINT,
+                    )
+                ]
+            )
+        return user
+
+    def shapes(self, ctx: ShapeContext) -> list[Shape]:
+        try:
+            return self._user(ctx).set_up(ctx.bottoms)
+        except CompileError as err:
+            first = err.diagnostics[0]
+            ctx.fail(first.message, "module", hint=first.hint)
+
+    def lower(self, ctx: LowerContext) -> list[fx.Node]:
+        import operator
+
+        both = ctx.call(self._user(ctx).op(), *ctx.inputs)
+        return [ctx.call(operator.getitem, both, i) for i in range(len(ctx.top_shapes))]
+
+
+PYTHON_COMPUTE = PythonCompute()
 
 
 @register

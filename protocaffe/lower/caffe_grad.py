@@ -91,3 +91,34 @@ def eltwise_max(*xs: torch.Tensor) -> torch.Tensor:
     for x in xs[2:]:
         top = torch.where(x > top, x, top)
     return top
+
+
+class _PythonLayer(torch.autograd.Function):
+    """A user's Python layer (`protocaffe.data.pylayer.PythonLayer`): forward and backward
+    are its own, on numpy copies of the tensors, as pycaffe hands them blobs."""
+
+    @staticmethod
+    def forward(ctx: Any, layer: Any, *bottoms: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        for blob, x in zip(layer.bottom, bottoms, strict=True):
+            blob.reshape(*x.shape)
+            blob.data[...] = x.detach().cpu().numpy()
+        ctx.layer, ctx.device, ctx.dtype = layer, bottoms[0].device, bottoms[0].dtype
+        return tuple(torch.from_numpy(t).to(ctx.device, ctx.dtype) for t in layer.forward())
+
+    @staticmethod
+    def backward(ctx: Any, *grads: Any) -> tuple[Any, ...]:
+        diffs = [None if g is None else g.detach().cpu().numpy() for g in grads]
+        down = list(ctx.needs_input_grad[1:])
+        out = ctx.layer.backward(diffs, down)
+        return (
+            None,
+            *(
+                torch.from_numpy(d).to(ctx.device, ctx.dtype) if p else None
+                for d, p in zip(out, down, strict=True)
+            ),
+        )
+
+
+def python_layer(layer: Any, *bottoms: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """Run a user's Python layer with bottoms (its backward when a gradient is taken)."""
+    return _PythonLayer.apply(layer, *bottoms)
