@@ -164,6 +164,32 @@ CASES = {
         'layer { name: "x" type: "BatchNorm" bottom: "data" top: "y"\n'
         "  batch_norm_param { eps: 0 } }\n",
     ),
+    # Net::AppendParam: CHECK_LE(param_size, num_param_blobs) "Too many params specified".
+    "param specs beyond the blobs": (
+        'layer { name: "x" type: "Convolution" bottom: "data" top: "y"\n'
+        "  param { lr_mult: 1 } param { lr_mult: 2 }\n"
+        "  convolution_param { num_output: 2 kernel_size: 1 bias_term: false } }\n",
+        "2 param specs for 1 blob",
+        "param { lr_mult: 2 }",
+        'layer { name: "x" type: "Convolution" bottom: "data" top: "y"\n'
+        "  param { lr_mult: 1 } param { lr_mult: 2 }\n"
+        "  convolution_param { num_output: 2 kernel_size: 1 } }\n",
+    ),
+    # Layer::SetLossWeights: CHECK_EQ(top.size(), num_loss_weights) when any is given.
+    "loss_weight count": (
+        'layer { name: "x" type: "ReLU" bottom: "data" top: "y" loss_weight: 1 loss_weight: 0 }\n',
+        "2 loss_weight values for 1 top",
+        "loss_weight: 1",
+        'layer { name: "x" type: "ReLU" bottom: "data" top: "y" loss_weight: 1 }\n',
+    ),
+    # Net::Init: propagate_down given 0 or bottom_size times.
+    "propagate_down count": (
+        'layer { name: "x" type: "ReLU" bottom: "data" top: "y"\n'
+        "  propagate_down: true propagate_down: false }\n",
+        "2 propagate_down values for 1 bottom",
+        "propagate_down: true",
+        'layer { name: "x" type: "ReLU" bottom: "data" top: "y" propagate_down: false }\n',
+    ),
     # Already checked by the layers; kept here so every CHECK of the list has its test.
     "kernel_size 0": (
         conv('type: "constant"', kernel="kernel_size: 0"),

@@ -256,6 +256,7 @@ class _Builder:
                 )
             layer.blob_specs = specs = list(spec.blobs(ctx))
             check_fillers(ctx, ((f"filler of '{b.name}'", b.filler, b.shape) for b in specs))
+            check_per_blob_lists(ctx, len(specs))
             layer.macs = int(spec.macs(ctx, tops))
         except CompileError as err:
             self.diags.extend(err.diagnostics)
@@ -409,3 +410,34 @@ class _Builder:
             d = self.diags.warning(message, later.span, hint)
             if first.span is not None:
                 d.notes.append(f"{first.span}: the first layer named '{name}'")
+
+
+def check_per_blob_lists(ctx: ShapeContext, blobs: int) -> None:
+    """Caffe's CHECKs on a layer's per-top, per-bottom and per-blob lists (Layer::SetLossWeights,
+    Net::Init, Net::AppendParam): loss_weight once per top, propagate_down once per bottom,
+    at most one param spec per blob."""
+    lp = ctx.layer.proto
+    for field, given, wanted, what in (
+        ("loss_weight", len(lp.loss_weight), len(lp.top), "top"),
+        ("propagate_down", len(lp.propagate_down), len(lp.bottom), "bottom"),
+    ):
+        if given and given != wanted:
+            ctx.fail(
+                f"{given} {field} values for {_count(wanted, what)}; give none or one per {what}",
+                field,
+                0,
+            )
+    if len(lp.param) > blobs:
+        no_bias = ctx.param is not None and getattr(ctx.param, "bias_term", True) is False
+        ctx.fail(
+            f"{_count(len(lp.param), 'param spec')} for {_count(blobs, 'blob')}; Caffe refuses "
+            "more param specs than the layer has blobs",
+            "param",
+            blobs,
+            hint="remove the extra param { ... } blocks"
+            + (" (bias_term: false leaves no bias blob)" if no_bias else ""),
+        )
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"

@@ -97,6 +97,10 @@ class LayerError(CompileError):
     """A shape or parameter error tied to one layer (and optionally one of its fields)."""
 
 
+# LayerParameter fields a diagnostic may point at (others are looked up in the layer's param).
+LAYER_FIELDS = ("bottom", "top", "param", "loss_weight", "propagate_down")
+
+
 class ShapeContext:
     """What a shape rule sees: the layer, its parameters and its bottoms' shapes."""
 
@@ -144,7 +148,7 @@ class ShapeContext:
             # softmax_param, ...) hang off the LayerParameter, not off this layer's own param;
             # so does any name that the param message lacks (a fork's strict_dim).
             first = str(field_path[0])
-            layer_level = first in ("bottom", "top", "param") or first.endswith("_param")
+            layer_level = first in LAYER_FIELDS or first.endswith("_param")
             if self.param is not None and not layer_level:
                 from protocaffe.proto.schema import fields_by_name
 
