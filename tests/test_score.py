@@ -131,3 +131,12 @@ def test_missing_label_is_named(tmp_path, capsys):
     argv = ["score", net, "--weights", weights, "--images", str(images), "--labels", str(labels)]
     assert main(argv) == 1
     assert f"no label file {labels / 'im1.png'}" in capsys.readouterr().err
+
+
+def test_colour_label_images_are_refused(tmp_path, capsys):
+    net, weights = _identity_weights(tmp_path, IDENTITY)
+    images, labels, _ = _dataset(tmp_path)
+    Image.new("RGB", (8, 8)).save(labels / "im0.png")
+    argv = ["score", net, "--weights", weights, "--images", str(images), "--labels", str(labels)]
+    assert main(argv) == 1
+    assert "label image is RGB; labels are class ids, one channel" in capsys.readouterr().err

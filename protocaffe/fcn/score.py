@@ -149,7 +149,7 @@ def load_label(path: Path) -> np.ndarray:
         with Image.open(path) as im:
             if im.mode not in ("P", "L", "I", "I;16"):
                 raise input_error(
-                    f"{path}: a {im.mode} label image; labels are class ids, one channel",
+                    f"{path}: the label image is {im.mode}; labels are class ids, one channel",
                     hint="save labels as palettised (VOC) or greyscale PNGs of class indices",
                 )
             return np.asarray(im).astype(np.int64)
