@@ -344,6 +344,8 @@ def test_permute_and_normalize_match_opencv(tmp_path: Path) -> None:
             True,
         ),
         (f"{NMS} code_type: CENTER_SIZE keep_top_k: 7 confidence_threshold: 0.999", True),
+        # keep_top_k above what NMS can keep (3 classes x top_k 20): still its rows.
+        (f"{NMS} code_type: CENTER_SIZE keep_top_k: 90 confidence_threshold: 0.2", True),
     ],
 )
 def test_detection_output_matches_opencv(params: str, share: bool, tmp_path: Path) -> None:

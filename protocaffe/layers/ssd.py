@@ -479,7 +479,9 @@ def detection_settings(ctx: ShapeContext) -> Detection:
     per_class = num_priors if top_k < 0 else min(top_k, num_priors)
     labels = classes - (1 if 0 <= p.background_label_id < classes else 0)
     most = labels * per_class
-    rows = loc[0] * (min(p.keep_top_k, most) if p.keep_top_k > -1 else most)
+    if p.keep_top_k > -1:  # OpenCV's top always has keep_top_k rows per image
+        most = p.keep_top_k if not fork else min(p.keep_top_k, most)
+    rows = loc[0] * most
     return Detection(
         classes,
         p.share_location,
