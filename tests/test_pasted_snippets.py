@@ -104,6 +104,19 @@ def test_bool_run_into_a_block() -> None:
     assert "read as 'true weight_filler'" in parsed.diagnostics[0].message
 
 
+def test_enum_value_run_into_a_field() -> None:
+    text = 'layer { name: "p" pooling_param { pool: MAXkernel_size: 3stride: 2 } }'
+    parsed = parse_text(text)
+    p = parsed.message.layer[0].pooling_param
+    assert (p.pool, p.kernel_size, p.stride) == (0, 3, 2)  # MAX
+    assert "read as 'MAX kernel_size'" in parsed.diagnostics[0].message
+    # No enum value and field name of caffe.proto join up two ways.
+    joined = [
+        e + f for e in textformat._known_enum_values() for f in textformat._known_field_names()
+    ]
+    assert len(joined) == len(set(joined))
+
+
 def test_float_run_into_a_field() -> None:
     parsed = parse_text(
         'layer { name: "d" dropout_param { dropout_ratio: 0.5e-1scale_train: false } }'

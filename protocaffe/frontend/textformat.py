@@ -125,10 +125,10 @@ class _Lexer(Lexer):
                 raise LexError(text, start, line, start - line_start + 1)
             value = m.group()
             column = start - line_start + 1
-            fusable = (
-                not value.isdigit() if kind == "NUMBER" else value[0] in "tfTF" and len(value) > 5
-            )  # cheap tests first: this runs for every token
-            if fusable and value.startswith(_FUSABLE_STARTS) and _field_follows(text, m.end()):
+            # Cheap tests first (this runs for every token): a plain integer, or a name that
+            # starts neither like true/false nor like an enum value (upper case), is whole.
+            fusable = not value.isdigit() if kind == "NUMBER" else value[0] in _NAME_VALUE_STARTS
+            if fusable and _field_follows(text, m.end()):
                 fused = fused_value(value, line, column)
                 if fused is not None:
                     at = fused.cut
@@ -141,11 +141,12 @@ class _Lexer(Lexer):
 # ---------------------------------------------------------------------------------------------
 # Values run into the next field name (`num_output: 21bias_term: false`, as pasted from web
 # pages that lost their newlines). Neither Caffe nor text_format reads these. The lexer splits
-# such a token where a number or true/false ends and a field name that caffe.proto knows begins
-# (parse_text warns), so the file still parses, and `protocaffe fmt` writes it out fixed.
+# such a token where a number, true/false or an enum value ends and a field name that
+# caffe.proto knows begins (parse_text warns), so the file still parses, and `protocaffe fmt`
+# writes it out fixed.
 
 _BOOL_WORDS = ("true", "false", "True", "False")
-_FUSABLE_STARTS = (*_BOOL_WORDS, *"0123456789+-.")
+_NAME_VALUE_STARTS = frozenset("tfABCDEFGHIJKLMNOPQRSTUVWXYZ")
 _FIELD_NAME = re.compile(r"[a-zA-Z_][0-9a-zA-Z_]*")
 _NUMBER_PREFIX = re.compile(r"[+\-]?(?:[0-9]|\.[0-9])[0-9a-fA-FxX.+\-]*")
 _WS = re.compile(r"\s*")
@@ -190,9 +191,23 @@ def _known_field_names() -> frozenset[str]:
     return frozenset(names)
 
 
+@cache
+def _known_enum_values() -> frozenset[str]:
+    names: set[str] = set()
+    todo = list(_caffe_pb2().DESCRIPTOR.message_types_by_name.values())
+    names.update(*(e.values_by_name for e in _caffe_pb2().DESCRIPTOR.enum_types_by_name.values()))
+    while todo:
+        d = todo.pop()
+        for e in d.enum_types:
+            names.update(e.values_by_name)
+        todo.extend(d.nested_types)
+    return frozenset(names)
+
+
 def _is_value(text: str) -> bool:
-    """Whether `text` reads as a whole number or float (text_format's rules) or true/false."""
-    if text in _BOOL_WORDS:
+    """Whether `text` reads as a value: a whole number or float (text_format's rules),
+    true/false, or an enum value caffe.proto names (MAX, TEST, ...)."""
+    if text in _BOOL_WORDS or text in _known_enum_values():
         return True
     if not _NUMBER_PREFIX.fullmatch(text):
         return False
