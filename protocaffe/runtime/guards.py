@@ -62,16 +62,16 @@ def plan_of(graph: Any, dtype: Any = "float32", params: bool = True) -> Plan:
 
     name = dtype_name(dtype)
     size = ITEMSIZE.get(name, 4)
-    spans = {layer.name: layer.span for layer in graph.layers}
     param_total = act_total = 0
     largest: tuple[str, int, Span | None] = ("", -1, None)
-    for entry in build_report(graph)["layers"]:
+    entries = build_report(graph)["layers"]  # one per layer, in graph order
+    for layer, entry in zip(graph.layers, entries, strict=True):
         stored = (entry["params"] + entry["buffers"]) * size if params else 0
         acts = entry["activation_bytes"] // FLOAT32_BYTES * size
         param_total += stored
         act_total += acts
         if stored + acts > largest[1]:
-            largest = (entry["name"], stored + acts, spans.get(entry["name"]))
+            largest = (layer.name, stored + acts, layer.span)
     return Plan(param_total, act_total, largest, name)
 
 
@@ -119,11 +119,18 @@ def _shapes_text(graph: Any) -> str:
 
 
 def excess(
-    graph: Any, device: Any, dtype: Any, *, params: bool = True, allow_oversize: bool = False
+    graph: Any,
+    device: Any,
+    dtype: Any,
+    *,
+    params: bool = True,
+    allow_oversize: bool = False,
+    where: str | None = None,
 ) -> Diagnostic | None:
-    """An error diagnostic when `graph`'s plan does not fit `device`, else None."""
+    """An error diagnostic when `graph`'s plan does not fit `device` (called `where` in the
+    message; the device's name by default), else None."""
     plan = plan_of(graph, dtype, params)
-    where = str(device)
+    where = where or str(device)
     name, biggest, span = plan.largest
     detail = (
         (f"parameters {nbytes(plan.param_bytes)} + " if params else "")
@@ -163,12 +170,12 @@ def check_fits(
 
 def plan_warning(graph: Any) -> Diagnostic | None:
     """For `compile`: a warning when the float32 plan exceeds this machine's available RAM."""
-    problem = excess(graph, "cpu", "float32")
+    problem = excess(graph, "cpu", "float32", where="this machine")
     if problem is None:
         return None
     return Diagnostic(
         "warning",
-        problem.message.replace("cpu has", "this machine has"),
+        problem.message,
         problem.span,
         "run/bench/convert/load will refuse it here unless forced",
     )
