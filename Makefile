@@ -4,7 +4,7 @@ VENV    := .venv
 VPY     := $(VENV)/bin/python
 STAMP   := $(VENV)/.installed
 
-.PHONY: install test test-all lint proto demo train-demo bench clean
+.PHONY: install test test-all fuzz lint proto demo train-demo bench clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -20,6 +20,9 @@ test: $(STAMP)
 
 test-all: $(STAMP)
 	$(VPY) -m pytest -q
+
+fuzz: $(STAMP)
+	PROTOCAFFE_FUZZ=slow $(VPY) -m pytest -q tests/test_fuzz_cli.py tests/test_fuzz_runtime.py
 
 lint: $(STAMP)
 	$(VPY) -m ruff check protocaffe tests benchmarks
