@@ -3,11 +3,12 @@
 Two nets: a reduced FCN (conv/pool x2, fc6 conv, dropout, score, fixed bilinear Deconvolution
 lr_mult 0, Crop, SoftmaxWithLoss normalize false; SGD momentum 0.99; 2x3x128x128) and a
 classifier (conv-BatchNorm-Scale-ReLU-pool x2, InnerProduct; Adam + step; 32x3x32x32). Both
-sides train on the same in-memory batches; each measurement runs in a fresh process (so the
-peak RSS is its own), alternating implementations, and the median of the repeats is reported.
+sides train on the same in-memory batches. Times: all implementations in one process, one
+iteration each in turn (so a shared machine's load drifts over all alike), median per
+iteration. Peak memory: each implementation alone in a fresh process (RSS; GPU: allocated).
 Goal: protocaffe within 1.10x the hand-written loop's time per iteration.
 
-Run: .venv/bin/python benchmarks/bench_train.py [--iterations 30] [--repeats 3] [--device cpu]
+Run: .venv/bin/python benchmarks/bench_train.py [--iterations 30] [--device cpu|cuda]
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 HERE = Path(__file__).resolve().parent
 
@@ -107,57 +109,88 @@ def batches(name: str, n: int, device: str) -> list[dict]:
     return out
 
 
+def make_runner(impl: str, name: str, device: str, data: list[dict]) -> Any:
+    """`run(n)`: n training iterations of one implementation of net `name`."""
+    if impl == "protocaffe":
+        import protocaffe
+
+        work = Path(tempfile.mkdtemp())
+        (work / "net.prototxt").write_text(NETS[name.split("-")[0]])
+        (work / "solver.prototxt").write_text(SOLVERS[name.split("-")[0]])
+        cwd = os.getcwd()
+        os.chdir(work)
+        try:
+            solver = protocaffe.Solver("solver.prototxt", device=device)
+        finally:
+            os.chdir(cwd)
+        solver.net.set_feed(data[i % len(data)] for i in range(10**9))
+        return solver.step
+    sys.path.insert(0, str(HERE))
+    from train_baseline import make, step
+
+    model, opt = make(name)
+    model.to(device)
+
+    def run(n: int) -> None:
+        for i in range(n):
+            step(model, opt, data[i % len(data)])
+
+    return run
+
+
+def _sync(device: str) -> None:
+    import torch
+
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
 def child(impl: str, name: str, iterations: int, warmup: int, device: str) -> dict:
-    """One measurement in this process: seconds per iteration and peak memory."""
+    """One implementation alone in this process: seconds per iteration and peak memory."""
     import resource
 
     import torch
 
     torch.manual_seed(0)
-    data = batches(name, 4, device)
-    if impl == "protocaffe":
-        import protocaffe
-
-        work = Path(tempfile.mkdtemp())
-        (work / "net.prototxt").write_text(NETS[name])
-        (work / "solver.prototxt").write_text(SOLVERS[name])
-        os.chdir(work)
-        solver = protocaffe.Solver("solver.prototxt", device=device)
-        solver.net.set_feed(data[i % len(data)] for i in range(10**9))
-
-        def run(n: int) -> None:
-            solver.step(n)
-
-    else:
-        sys.path.insert(0, str(HERE))
-        from train_baseline import make, step
-
-        model, opt = make(name)
-        model.to(device)
-
-        def run(n: int) -> None:
-            for i in range(n):
-                step(model, opt, data[i % len(data)])
-
+    run = make_runner(impl, name, device, batches(name, 4, device))
     run(warmup)
+    _sync(device)
     if device.startswith("cuda"):
-        torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
     t0 = time.perf_counter()
     run(iterations)
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
+    _sync(device)
     seconds = (time.perf_counter() - t0) / iterations
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # MiB (Linux: KiB)
     gpu = torch.cuda.max_memory_allocated() / 2**20 if device.startswith("cuda") else None
     return {"seconds": seconds, "peak_rss_mib": peak, "peak_gpu_mib": gpu}
 
 
+def interleaved(variants: dict, name: str, iterations: int, warmup: int, device: str) -> dict:
+    """All implementations in one process, one iteration each in turn: a shared machine's
+    load then weighs on all of them alike. Median seconds per iteration of each."""
+    import torch
+
+    torch.manual_seed(0)
+    data = batches(name, 4, device)
+    runs = {label: make_runner(impl, net, device, data) for label, (impl, net) in variants.items()}
+    for run in runs.values():
+        run(warmup)
+    times: dict[str, list[float]] = {label: [] for label in runs}
+    for _ in range(iterations):
+        for label, run in runs.items():
+            _sync(device)
+            t0 = time.perf_counter()
+            run(1)
+            _sync(device)
+            times[label].append(time.perf_counter() - t0)
+    return {label: statistics.median(t) for label, t in times.items()}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--iterations", type=int, default=30)
-    ap.add_argument("--warmup", type=int, default=5)
-    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--nets", default="fcn,classifier")
     ap.add_argument("--child", nargs=2, metavar=("IMPL", "NET"), help=argparse.SUPPRESS)
@@ -170,32 +203,29 @@ def main() -> None:
 
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {args.device}")
     print(
-        f"{'net':<11} {'implementation':<28} {'it/s':>7} {'ms/it':>8} {'RSS MiB':>8} {'GPU MiB':>8}"
+        f"{'net':<11} {'implementation':<26} {'ms/it':>8} {'it/s':>6} {'RSS MiB':>8} {'GPU MiB':>8}"
     )
     for name in args.nets.split(","):
         variants = {"pytorch": ("pytorch", name), "protocaffe": ("protocaffe", name)}
         if name == "classifier":  # also the literal port: BatchNorm and Scale apart
             variants["pytorch, BN+Scale apart"] = ("pytorch", "classifier-literal")
-        results: dict[str, list[dict]] = {label: [] for label in variants}
-        for _ in range(args.repeats):
-            for label, (impl, net) in variants.items():
-                cmd = [sys.executable, __file__, "--child", impl, net]
-                cmd += ["--iterations", str(args.iterations), "--warmup", str(args.warmup)]
-                cmd += ["--device", args.device]
-                out = subprocess.run(cmd, capture_output=True, text=True, check=True)
-                results[label].append(json.loads(out.stdout.strip().splitlines()[-1]))
-        med = {}
-        for label, runs in results.items():
-            s = statistics.median(r["seconds"] for r in runs)
-            med[label] = s
-            rss = max(r["peak_rss_mib"] for r in runs)
-            gpu = runs[0]["peak_gpu_mib"]
+        med = interleaved(variants, name, args.iterations, args.warmup, args.device)
+        for label, (impl, net) in variants.items():
+            cmd = [sys.executable, __file__, "--child", impl, net, "--iterations", "3"]
+            cmd += ["--warmup", "1", "--device", args.device]
+            out = subprocess.run(cmd, capture_output=True, text=True, check=True)
+            mem = json.loads(out.stdout.strip().splitlines()[-1])
+            gpu = mem["peak_gpu_mib"]
             gpu_text = f"{gpu:8.0f}" if gpu is not None else f"{'-':>8}"
-            print(f"{name:<11} {label:<28} {1 / s:7.2f} {1000 * s:8.1f} {rss:8.0f} {gpu_text}")
-        for label in results:
+            s = med[label]
+            print(
+                f"{name:<11} {label:<26} {1000 * s:8.1f} {1 / s:6.2f} "
+                f"{mem['peak_rss_mib']:8.0f} {gpu_text}"
+            )
+        for label in variants:
             if label != "protocaffe":
                 ratio = med["protocaffe"] / med[label]
-                print(f"{name:<11} protocaffe / {label}: {ratio:.3f} (time per iteration)")
+                print(f"{name:<11} protocaffe / {label}: {ratio:.3f} (median time per iteration)")
 
 
 if __name__ == "__main__":
