@@ -913,8 +913,16 @@ def _lex_error(err: LexError, source: SourceFile) -> Diagnostic:
             whole,
             f"close it with {char} on the same line (a string cannot span lines)",
         )
-    hint = None
-    if char == "$":
+    hint, what = None, ""
+    placeholder = re.match(r"\$\{\w+\}", text[pos:])
+    if placeholder:
+        # DeepLab's configs are shell templates its scripts fill in; no Caffe dialect reads them.
+        what = (
+            f": {placeholder.group()} is a shell-template placeholder, which no Caffe dialect's"
+            " prototxt (BVLC or any fork) accepts"
+        )
+        hint = "this file is a template: substitute its ${...} placeholders before compiling"
+    elif char == "$":
         hint = "this looks like a template placeholder (${...}); substitute it before parsing"
     elif text.startswith(("//", "/*"), pos):
         hint = "prototxt comments start with '#'"
@@ -923,7 +931,7 @@ def _lex_error(err: LexError, source: SourceFile) -> Diagnostic:
     elif char == "\ufeff":
         hint = "a byte-order mark in the middle of the file; remove it"
     if char.isprintable():
-        message = f"unexpected character '{char}'"
+        message = f"unexpected character '{char}'{what}"
     else:
         message = f"unexpected character U+{ord(char):04X}"
         hint = hint or "control characters are not allowed outside strings (is this a text file?)"

@@ -622,9 +622,13 @@ _YAML_PAIR = re.compile(r"""^\s*['"]?(\w+)['"]?\s*:\s*(.+?)\s*$""")
 
 def parse_param_str(text: str) -> dict[str, Any] | None:
     """The YAML mappings py-faster-rcnn writes in param_str ("'feat_stride': 16", one pair a
-    line, values numbers or [lists]); None when it is something else."""
+    line, values numbers or [lists]) or PVANet's flow mapping ("{'feat_stride': 16, ...}");
+    None when it is something else."""
     out: dict[str, Any] = {}
-    for line in re.split(r"[\n,](?![^\[\(]*[\]\)])", text.strip()):
+    text = text.strip()
+    if text.startswith("{") and text.endswith("}"):
+        text = text[1:-1]
+    for line in re.split(r"[\n,](?![^\[\(]*[\]\)])", text):
         if not line.strip():
             continue
         m = _YAML_PAIR.match(line)
