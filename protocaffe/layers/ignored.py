@@ -112,7 +112,9 @@ extend("ImageDataParameter", Field("has_label", 13, "bool", default=True), diale
 # (message, field) -> what it is; each one a net sets is a note.
 _AUGMENTATION = "SSD's training-time data augmentation; protocaffe's data comes from --shape/run"
 IGNORED = {
-    ("TransformationParameter", "resize_param"): _AUGMENTATION,
+    ("TransformationParameter", "resize_param"): (
+        "SSD's training-time resizing; only AnnotatedData's data shape reads its height/width"
+    ),
     ("TransformationParameter", "noise_param"): _AUGMENTATION,
     ("TransformationParameter", "distort_param"): _AUGMENTATION,
     ("TransformationParameter", "expand_param"): _AUGMENTATION,
