@@ -4,15 +4,17 @@ The lowered fx code is specialised to the shapes it was compiled for; most of it
 pooling, deconvolution, Crop, which reads its size from the reference blob) is nonetheless
 size-generic and traces to a program with symbolic sizes. A layer whose emitted code or blob
 shapes change with the input size (InnerProduct's weight, Reshape's target, a pooling path
-chosen per size) pins that size: `pinning_layer` finds it by lowering the net at a second size
-and comparing the code layer by layer, so the error names the layer, not a sympy guard.
+chosen per size) pins that size: `pinning_layer` finds it by lowering the net at other sizes
+and comparing the code layer by layer, so the error names the layer, not a sympy guard. So does
+a ceil-mode Pooling whose clip rule holds for some sizes only: the traced size formula takes
+one branch, which torch.export does not turn into a check the ONNX model keeps.
 """
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -22,7 +24,6 @@ if TYPE_CHECKING:
     from protocaffe.ir.graph import Graph, Layer
     from protocaffe.lower.module import CaffeModule
 
-Dynamic = Literal["batch", "hw"]
 # torch.export specialises sizes 0 and 1: trace with at least this batch.
 TRACE_BATCH = 2
 
@@ -48,7 +49,6 @@ class _Positional(torch.nn.Module):
 class Exported:
     program: Any  # torch.export.ExportedProgram
     module: CaffeModule  # the module traced (specialised to the example inputs)
-    example: tuple[torch.Tensor, ...]
     dynamic: dict[str, list[int]]  # input name -> axes left dynamic
     notes: list[str]  # why a size that could not stay dynamic is fixed
 
@@ -128,7 +128,7 @@ def export_program(module: CaffeModule, dynamic: set[str], *, strict_hw: bool = 
         name: [i for i in _axes(tuple(s), free) if not isinstance(node.meta["val"].shape[i], int)]
         for name, node, s in zip(traced.input_names, user_inputs, traced.input_shapes, strict=True)
     }
-    return Exported(program, traced, example, kept, notes)
+    return Exported(program, traced, kept, notes)
 
 
 # Other sizes to compare against: +1 catches per-size pooling paths, +33 sizes that a stride
