@@ -74,24 +74,34 @@ def attach_comments(msg: Message, source_map: SourceMap, source: SourceFile) -> 
         span = source_map.spans.get(path)
         if span is not None and span.source is source:
             spans.append((path, is_block, span))
+    # Indexes by line, and the blocks in text order, so that each comment costs about its
+    # line's fields (a hostile file may hold many thousands of each).
+    ending: dict[int, list[tuple[int, int, FieldPath]]] = {}
+    opening: dict[int, list[tuple[int, int, FieldPath, int]]] = {}
+    for p, is_block, s in spans:
+        ending.setdefault(s.end_line, []).append((s.end_col, -len(p), p))
+        if is_block:
+            opening.setdefault(s.line, []).append((s.col, len(p), p, s.end_line))
     starts = sorted(((s.line, s.col), len(p), p) for p, _, s in spans)
     keys = [(pos, depth) for pos, depth, _ in starts]
-    by_path = {p: (b, s) for p, b, s in spans}
-    for c in found:
+    blocks = sorted(((s.line, s.col), (s.end_line, s.end_col), p) for p, b, s in spans if b)
+    stack: list[tuple[tuple[int, int], FieldPath]] = []  # the blocks open at the comment
+    j = 0
+    for c in found:  # in text order
         here = (c.line, c.col)
+        while j < len(blocks) and blocks[j][0] < here:
+            stack.append((blocks[j][1], blocks[j][2]))
+            j += 1
+        stack = [(end, p) for end, p in stack if end > here]
         ended = max(
-            (
-                (s.end_col, -len(p), p)
-                for p, _, s in spans
-                if s.end_line == c.line and s.end_col <= c.col
-            ),
+            ((col, depth, p) for col, depth, p in ending.get(c.line, ()) if col <= c.col),
             default=None,
         )  # on a line that closes a block: the block, else the field last ended
         opened = max(
             (
-                (s.col, len(p), p)
-                for p, b, s in spans
-                if b and s.line == c.line and s.col < c.col and s.end_line > c.line
+                (col, depth, p)
+                for col, depth, p, end_line in opening.get(c.line, ())
+                if col < c.col and end_line > c.line
             ),
             default=None,
         )  # the innermost block opened on the comment's line and still open after it
@@ -101,17 +111,10 @@ def attach_comments(msg: Message, source_map: SourceMap, source: SourceFile) -> 
         if ended is not None:
             out.after[ended[2]] = c.text
             continue
-        enclosing = max(
-            ((len(p), p) for p, b, s in spans if b and _inside(here, s)), default=(0, ())
-        )[1]
+        end, enclosing = stack[-1] if stack else ((1 << 62, 0), ())
         i = bisect_right(keys, (here, 1 << 30))
-        nxt = starts[i][2] if i < len(starts) else None
-        if nxt is not None and (not enclosing or _inside((starts[i][0]), by_path[enclosing][1])):
-            out.before.setdefault(nxt, []).append(c.text)
+        if i < len(starts) and starts[i][0] < end:  # the next field, if it is in the block
+            out.before.setdefault(starts[i][2], []).append(c.text)
         else:
             out.closing.setdefault(enclosing, []).append(c.text)
     return out
-
-
-def _inside(pos: tuple[int, int], span: Span) -> bool:
-    return (span.line, span.col) < pos < (span.end_line, span.end_col)
