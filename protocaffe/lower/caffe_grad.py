@@ -43,9 +43,10 @@ class _SoftmaxWithLoss(torch.autograd.Function):
         prob, labels, *valid = ctx.saved_tensors
         diff = prob.clone()
         diff.scatter_add_(1, labels.unsqueeze(1), torch.full_like(diff[:, :1], -1.0))
-        if valid:
-            diff = diff * valid[0].unsqueeze(1).to(diff.dtype)
-        return diff * (grad_loss / ctx.norm), None, None, None
+        scale = grad_loss / ctx.norm
+        if valid:  # 0 at ignored positions; one pass over the diff (mask x scale is exact)
+            scale = valid[0].unsqueeze(1).to(diff.dtype) * scale
+        return diff.mul_(scale), None, None, None
 
 
 def _nll_sum(prob: torch.Tensor, labels: torch.Tensor, valid: Any) -> torch.Tensor:
