@@ -50,6 +50,8 @@ layer { name: "up" type: "Deconvolution" bottom: "l2" top: "up"
 layer { name: "crop" type: "Crop" bottom: "up" bottom: "l1" top: "crop"
         crop_param { axis: 2 offset: 1 } }
 layer { name: "sum" type: "Eltwise" bottom: "crop" bottom: "l1" top: "out" }
+layer { name: "ave_edge" type: "Pooling" bottom: "l1" top: "edge"
+        pooling_param { pool: AVE kernel_size: 3 stride: 2 } }
 """
 
 
@@ -119,6 +121,9 @@ def test_caffe_semantics_survive_onnx(semantics_net: Path, tmp_path: Path) -> No
     assert [c.shapes for c in checks] == [[(2, 4, 13, 13)], [(3, 4, 13, 13)]]
     for c in checks:
         assert not c.all_zero and c.max_error <= TOLERANCE, c
+    # Both outputs: "edge" averages a last window that overhangs the unpadded input, where
+    # Caffe divides by the part inside (6 -> 3 windows, the last over 2 pixels).
+    assert exported.output_names == ["out", "edge"]
     ops = layer_ops(model, exported)
     assert ops["ceil_clip"] == ["MaxPool"] and "Slice" in ops["crop"]
     # The exporter's optimiser may fuse the TEST-time BatchNorm into the convolution.

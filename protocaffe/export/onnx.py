@@ -51,8 +51,8 @@ def explicit_ceil_pads(model: Any) -> None:
     Caffe (and PyTorch, and onnxruntime's kernels) drop a last window that would start in the
     padding; ONNX's shape inference does not, so a static model declares e.g. 6x6 where the
     inference says 7x7, and onnxruntime refuses the model where the two meet. With the end pad
-    chosen so that the last window ends where Caffe's does, floor mode computes the same output
-    (values, and AVE's divisor, which then never reaches past Caffe's clipped window).
+    chosen so that the last window ends where Caffe's does, floor mode computes the same output;
+    for AVE only while that pad does not exceed the written one (its divisor counts padding).
     """
     from onnx import helper
 
@@ -81,7 +81,10 @@ def explicit_ceil_pads(model: Any) -> None:
             - pads[i]
             for i in range(n)
         ]
-        if any(e < 0 for e in ends):
+        # Past the written pad, AVE would count the extra end padding in its divisor (Caffe
+        # stops the window at the input plus the pad): leave those to onnxruntime's ceil mode.
+        limit = pads[:n] if node.op_type == "AveragePool" else [float("inf")] * n
+        if any(e < 0 or e > cap for e, cap in zip(ends, limit, strict=True)):
             continue
         kept = [a for a in node.attribute if a.name not in ("ceil_mode", "pads")]
         del node.attribute[:]
