@@ -5,16 +5,19 @@ located errors."""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import lmdb
+import numpy as np
 import pytest
 
 from protocaffe.diagnostics import CompileError
 from protocaffe.frontend.textformat import parse_text
 from protocaffe.ir import build_graph
-from protocaffe.layers.ssd_train import AnnotatedDatum
-from protocaffe.testing import compile_snippet
+from protocaffe.ir.build import shape_context
+from protocaffe.layers.ssd_train import AnnotatedDatum, multibox_settings
+from protocaffe.testing import compile_snippet, run_snippet
 
 TRANSFORM = "transform_param { mean_value: 127.5 mean_value: 127.5 mean_value: 127.5 %s }"
 
@@ -131,7 +134,6 @@ def test_multibox_loss_is_a_scalar_loss() -> None:
     graph = mbox(f"num_classes: {K}")
     layer = graph.layer("loss")
     assert graph.blob("loss").shape == () and layer.spec.is_loss
-    assert not layer.spec.lowerable
     # Unshared boxes: K x 4 offsets per prior.
     unshared = {**MBOX, "loc": (2, P * K * 4)}
     assert mbox(f"num_classes: {K} share_location: false mining_type: NONE", unshared)
@@ -154,12 +156,144 @@ def test_multibox_loss_checks(params, shapes, message) -> None:
     assert message in mbox_error(params, shapes)
 
 
-def test_a_net_with_multibox_loss_does_not_run() -> None:
+MBOX_TEXT = (
+    'layer { name: "loss" type: "MultiBoxLoss" bottom: "loc" bottom: "conf" bottom: "pri" '
+    'bottom: "gt" top: "loss" %s multibox_loss_param { num_classes: %d %s } }'
+)
+
+
+def mbox_inputs(n: int, k: int, seed: int) -> dict[str, np.ndarray]:
+    """Priors on a 4 x 4 grid in two sizes (some crossing the image border), random boxes for
+    images 0 and 1 (image 2 has none), a padding row and a difficult box."""
+    rng = np.random.default_rng(seed)
+    centres = (np.stack(np.meshgrid(np.arange(4), np.arange(4)), -1).reshape(-1, 2) + 0.5) / 4
+    boxes = [np.concatenate([centres - h, centres + h], 1) for h in (0.15, 0.3)]
+    priors = np.concatenate(boxes).astype(np.float32)
+    variances = np.tile(np.float32([0.1, 0.1, 0.2, 0.2]), (len(priors), 1))
+    rows = []
+    for item, count in ((0, 3), (1, 2)):
+        for _ in range(count):
+            lo = rng.uniform(0, 0.6, 2)
+            hi = lo + rng.uniform(0.15, 0.4, 2)
+            rows.append([item, rng.integers(1, k), 0, *lo, *np.minimum(hi, 1), 0])
+    rows.append([1, 1, 0, 0.05, 0.6, 0.35, 0.95, 1])  # difficult
+    rows.append([-1, 0, 0, 0, 0, 0, 0, 0])  # padding
+    p = len(priors)
+    return {
+        "loc": rng.normal(0, 1, (n, p * 4)).astype(np.float32),
+        "conf": rng.normal(0, 2, (n, p * k)).astype(np.float32),
+        "pri": np.stack([priors.reshape(-1), variances.reshape(-1)])[None],
+        "gt": np.float32(rows)[None, None],
+    }
+
+
+def run_mbox(params: str, inputs, k: int, extra: str = "") -> float:
+    text = MBOX_TEXT % (extra, k, params)
+    return float(run_snippet(text, inputs, phase="TRAIN", outputs=["loss"])["loss"])
+
+
+def oracle_mbox(params: str, inputs, k: int, extra: str = "") -> float:
+    graph = compile_snippet(
+        MBOX_TEXT % (extra, k, params), {n: v.shape for n, v in inputs.items()}, phase="TRAIN"
+    )
+    layer = graph.layer("loss")
+    ctx = shape_context(graph, layer)
+    return float(layer.spec.reference(ctx, [inputs[b] for b in layer.bottoms], [])[0])
+
+
+def test_multibox_loss_by_hand() -> None:
+    # Prior 0 is the box itself (target 0 0 0 0), prior 1 misses it and is the one negative.
+    inputs = {
+        "loc": np.float32([[0.5, -2, 0, 0, 9, 9, 9, 9]]),
+        "conf": np.float32([[0, 0, math.log(3), 0]]),
+        "pri": np.float32([[[0, 0, 0.5, 0.5, 0.5, 0.5, 1, 1], [0.1, 0.1, 0.2, 0.2] * 2]]),
+        "gt": np.float32([[[[0, 1, 0, 0, 0, 0.5, 0.5, 0]]]]),
+    }
+    smooth_l1 = 0.5 * 0.5**2 + (2 - 0.5)
+    want = smooth_l1 - math.log(0.5) - math.log(0.75)  # / 1 match
+    params = "code_type: CENTER_SIZE"
+    assert run_mbox(params, inputs, 2) == pytest.approx(want, rel=1e-6)
+    assert oracle_mbox(params, inputs, 2) == pytest.approx(want, rel=1e-6)
+    # propagate_down false for loc drops its term from the value, as the fork does.
+    no_loc = (
+        "propagate_down: false propagate_down: true propagate_down: false propagate_down: false"
+    )
+    assert run_mbox(params, inputs, 2, no_loc) == pytest.approx(want - smooth_l1, rel=1e-6)
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        "code_type: CENTER_SIZE",
+        "code_type: CENTER_SIZE match_type: BIPARTITE neg_pos_ratio: 1.5",
+        "code_type: CORNER mining_type: NONE overlap_threshold: 0.3",
+        "code_type: CORNER_SIZE encode_variance_in_target: true loc_loss_type: L2",
+        "code_type: CENTER_SIZE ignore_cross_boundary_bbox: true use_difficult_gt: false",
+        "code_type: CENTER_SIZE neg_overlap: 0.2 loc_weight: 0.5 background_label_id: 2",
+        "code_type: CENTER_SIZE map_object_to_agnostic: true",
+    ],
+)
+@pytest.mark.parametrize("norm", ["", "loss_param { normalization: FULL }"])
+def test_multibox_loss_matches_the_oracle(params, norm) -> None:
+    k = 2 if "agnostic" in params else 4
+    inputs = mbox_inputs(3, k, seed=len(params))
+    if "background_label_id: 2" in params:
+        inputs["gt"][..., 1] = np.where(inputs["gt"][..., 1] == 2, 1, inputs["gt"][..., 1])
+        inputs["gt"][..., -1, 1] = 0
+    got, want = run_mbox(params, inputs, k, norm), oracle_mbox(params, inputs, k, norm)
+    assert got == pytest.approx(want, rel=1e-5)
+
+
+def test_multibox_loss_gradient_is_the_forks() -> None:
+    import torch
+
+    from protocaffe.layers.ssd_train import multibox_loss, multibox_reference
+
+    inputs = mbox_inputs(2, 3, seed=7)
+    graph = compile_snippet(
+        MBOX_TEXT % ("", 3, "code_type: CENTER_SIZE"),
+        {n: v.shape for n, v in inputs.items()},
+        phase="TRAIN",
+    )
+    settings = multibox_settings(shape_context(graph, graph.layer("loss")))
+    loc, conf = (
+        torch.tensor(inputs[b], dtype=torch.float64, requires_grad=True) for b in ("loc", "conf")
+    )
+    multibox_loss(
+        loc, conf, torch.tensor(inputs["pri"]), torch.tensor(inputs["gt"]), settings
+    ).backward()
+    rng = np.random.default_rng(0)
+    for name, grad in (("loc", loc.grad), ("conf", conf.grad)):
+        for flat in rng.choice(inputs[name].size, 12, replace=False):
+            at = np.unravel_index(flat, inputs[name].shape)
+            values = []
+            for step in (1e-4, -1e-4):
+                moved = {b: v.astype(np.float64) for b, v in inputs.items()}
+                moved[name][at] += step
+                values.append(multibox_reference(list(moved.values()), settings))
+            numeric = (values[0] - values[1]) / 2e-4
+            assert float(grad[at]) == pytest.approx(numeric, rel=1e-4, abs=1e-6), (name, at)
+
+
+@pytest.mark.parametrize(
+    ("params", "message"),
+    [
+        ("share_location: false mining_type: NONE", "per-class boxes"),
+        ("conf_loss_type: LOGISTIC", "LOGISTIC confidence loss"),
+        ("nms_param { nms_threshold: 0.5 }", "NMS among mined negatives"),
+    ],
+)
+def test_multibox_options_not_run_are_located_errors(params, message) -> None:
     from protocaffe.lower.builder import check_lowerable
 
+    inputs = {n: np.zeros(shape, np.float32) for n, shape in MBOX.items()}
+    if "share_location: false" in params:
+        inputs["loc"] = np.zeros((2, P * K * 4), np.float32)
     with pytest.raises(CompileError) as info:
-        check_lowerable(mbox(f"num_classes: {K}"))
-    assert "'MultiBoxLoss' has no PyTorch lowering" in info.value.diagnostics[0].message
+        run_snippet(MBOX_TEXT % ("", K, params), inputs, phase="TRAIN")
+    error = info.value.diagnostics[0]
+    assert message in error.message and error.span is not None
+    check_lowerable(mbox(f"num_classes: {K}"))  # the type itself has a lowering
 
 
 # --- DetectionEvaluate ---------------------------------------------------------------------

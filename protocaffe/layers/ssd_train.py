@@ -15,8 +15,16 @@ MultiBoxLoss and DetectionEvaluate, with their parameter messages.
   protocaffe reads no batches for this layer: its tops are module inputs.
 - `MultiBoxLoss` (bottoms loc N x P*4*L, conf N x P*K, priors 1 x 2 x P*4, labels 1 x 1 x G x
   8; L = 1 if share_location else K) is a scalar loss; the shape rule applies the fork's
-  checks. Its forward (matching, hard-negative mining, SmoothL1 + softmax losses) is not
-  lowered: `run`/`train` stop at it with a located "no PyTorch lowering" error.
+  checks. Forward (multibox_loss_layer.cpp with bbox_util.cpp): per image, each prior is
+  matched to the ground truth (bipartite, then per prediction at overlap_threshold); with
+  MAX_NEGATIVE mining the unmatched priors under neg_overlap with the largest background loss
+  are kept, neg_pos_ratio per positive; the loss is loc_weight * SmoothL1 (or L2 / 2) between
+  the positives' offsets and their encoded boxes plus the softmax loss of positives and kept
+  negatives, each over the normaliser (VALID: the number of matches). A term counts only
+  when propagate_down for its bottom is true (the fork's rule). Matching and mining choose
+  indices; the losses are torch expressions, so autograd gives the fork's backward.
+  Not run (a located error at lowering): per-class boxes, matching decoded predictions, the
+  LOGISTIC confidence loss, HARD_EXAMPLE mining, NMS among negatives, bp_inside.
 - `DetectionEvaluate` (bottoms: DetectionOutput's 1 x 1 x D x 7 and the labels 1 x 1 x G x 8)
   writes rows [image, label, confidence, true_pos, false_pos]: one per positive class (the
   ground-truth counts) plus one per valid detection, so 1 x 1 x (classes + D) x 5 at most;
@@ -25,13 +33,19 @@ MultiBoxLoss and DetectionEvaluate, with their parameter messages.
 
 from __future__ import annotations
 
-from typing import Any
+import math
+from typing import TYPE_CHECKING, Any
 
-# Imported first: ssd.py declares PriorBoxParameter (CodeType) and
-# NonMaximumSuppressionParameter, and through ignored.py ResizeParameter, used below.
-from protocaffe.layers import ssd  # noqa: F401
+import numpy as np
+
+from protocaffe.diagnostics import CompileError, Diagnostic
+
+# ssd.py declares PriorBoxParameter (CodeType) and NonMaximumSuppressionParameter, and
+# through ignored.py ResizeParameter: the messages below refer to them.
+from protocaffe.layers import ssd
 from protocaffe.layers.base import (
     LayerDef,
+    LowerContext,
     Shape,
     ShapeContext,
     has_field,
@@ -39,8 +53,13 @@ from protocaffe.layers.base import (
     shape_str,
 )
 from protocaffe.layers.data import Guess, _first_record, _Input, _positive, _template, resolve
+from protocaffe.layers.losses import FLT_MIN, normalization, normalizer
 from protocaffe.layers.structural import legacy_dim
+from protocaffe.lazy import torch
 from protocaffe.proto.schema import Enum, Field, declare_message
+
+if TYPE_CHECKING:
+    from torch import fx
 
 _SSD = ("ssd", "nvidia", "yolo")
 
@@ -262,6 +281,179 @@ def _num_classes(ctx: ShapeContext) -> int:
     return k
 
 
+# The configuration protocaffe runs: what the published SSD nets train with. Others compile
+# (shapes and checks) but stop at lowering with a located error naming the field.
+_UNSUPPORTED = {
+    "share_location": (False, "per-class boxes (share_location: false)"),
+    "use_prior_for_matching": (False, "matching decoded predictions"),
+    "conf_loss_type": (1, "the LOGISTIC confidence loss"),
+    "mining_type": (2, "HARD_EXAMPLE mining"),
+    "bp_inside": (True, "bp_inside"),
+}
+SMOOTH_L1, PER_PREDICTION, MAX_NEGATIVE = 1, 1, 1
+
+
+def multibox_settings(ctx: ShapeContext | LowerContext) -> dict[str, Any]:
+    """The fields the forward reads, plus which terms count: the fork adds the loc (conf)
+    term only when propagate_down for bottom 0 (1) is true, as it is when none is given."""
+    p = ctx.param
+    down = list(ctx.layer.proto.propagate_down) or [True, True]
+    return {
+        "num_classes": p.num_classes,
+        "background": p.background_label_id,
+        "use_difficult_gt": p.use_difficult_gt,
+        "per_prediction": p.match_type == PER_PREDICTION,
+        "overlap_threshold": p.overlap_threshold,
+        "ignore_cross_boundary": p.ignore_cross_boundary_bbox,
+        "code_type": p.code_type,
+        "variance_in_target": p.encode_variance_in_target,
+        "agnostic": p.map_object_to_agnostic,
+        "mining": p.mining_type == MAX_NEGATIVE,
+        "neg_pos_ratio": p.neg_pos_ratio,
+        "neg_overlap": p.neg_overlap,
+        "smooth_l1": p.loc_loss_type == SMOOTH_L1,
+        "loc_weight": p.loc_weight,
+        "normalization": normalization(ctx),
+        "loc_term": down[0],
+        "conf_term": down[1],
+    }
+
+
+def ground_truth(gt: np.ndarray, s: dict[str, Any]) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+    """Image -> (labels, boxes) from the 1 x 1 x G x 8 rows [item, label, instance, xmin,
+    ymin, xmax, ymax, difficult]; item -1 rows are padding, difficult boxes are dropped
+    unless use_difficult_gt."""
+    rows = gt.reshape(-1, LABEL_WIDTH)
+    rows = rows[rows[:, 0].astype(np.int64) != -1]
+    if (rows[:, 1].astype(np.int64) == s["background"]).any():
+        raise ValueError("MultiBoxLoss: a ground-truth box has the background label")
+    if not s["use_difficult_gt"]:
+        rows = rows[rows[:, 7] == 0]
+    labels, items = rows[:, 1].astype(np.int64), rows[:, 0].astype(np.int64)
+    return {int(i): (labels[items == i], rows[items == i, 3:7]) for i in np.unique(items)}
+
+
+def _areas(boxes: np.ndarray) -> np.ndarray:
+    w, h = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]
+    return np.where((w < 0) | (h < 0), 0, w * h).astype(np.float32)
+
+
+def jaccard(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """(len a, len b) overlaps of normalised boxes, 0 where they do not intersect."""
+    lo = np.maximum(a[:, None, :2], b[None, :, :2])
+    hi = np.minimum(a[:, None, 2:], b[None, :, 2:])
+    wh = hi - lo
+    inter = (wh[..., 0] * wh[..., 1]).astype(np.float32)
+    union = _areas(a)[:, None] + _areas(b)[None, :] - inter
+    hit = (wh[..., 0] > 0) & (wh[..., 1] > 0)
+    return np.where(hit, inter / np.where(hit, union, 1), 0).astype(np.float32)
+
+
+def match_priors(priors: np.ndarray, boxes: np.ndarray, s: dict[str, Any]) -> tuple:
+    """(ground-truth index per prior: -1 none, -2 ignored cross-boundary; best overlap per
+    prior). Bipartite first: repeatedly the largest overlap among unmatched priors and
+    unused boxes (first in prior-then-box order on ties); then, per prediction, each
+    unmatched prior takes its best box at overlap >= overlap_threshold."""
+    index = np.full(len(priors), -1, np.int64)
+    iou = jaccard(priors, boxes)
+    iou[iou <= 1e-6] = 0
+    if s["ignore_cross_boundary"]:
+        cross = ((priors < 0) | (priors > 1)).any(1)
+        index[cross], iou[cross] = -2, 0
+    overlap = iou.max(1) if boxes.size else np.zeros(len(priors), np.float32)
+    free = iou.copy()
+    for _ in range(len(boxes)):
+        i, j = np.unravel_index(np.argmax(free), free.shape)
+        if free[i, j] <= 0:
+            break
+        index[i], overlap[i] = j, iou[i, j]
+        free[i, :], free[:, j] = 0, 0
+    if s["per_prediction"]:
+        rest = np.flatnonzero(index == -1)
+        eligible = np.where(iou[rest] >= s["overlap_threshold"], iou[rest], 0)
+        best = eligible.argmax(1) if boxes.size else np.zeros(len(rest), np.int64)
+        hit = eligible[np.arange(len(rest)), best] > 0
+        index[rest[hit]] = best[hit]
+        overlap[rest[hit]] = eligible[hit, best[hit]]
+    return index, overlap
+
+
+def encode_boxes(priors: np.ndarray, var: np.ndarray, boxes: np.ndarray, s: dict) -> np.ndarray:
+    """SSD's EncodeBBox: the regression target of each box against its prior."""
+    scale = np.ones_like(var) if s["variance_in_target"] else var
+    if s["code_type"] == ssd.CORNER:
+        return (boxes - priors) / scale
+    pw, ph = priors[:, 2] - priors[:, 0], priors[:, 3] - priors[:, 1]
+    if s["code_type"] == ssd.CORNER_SIZE:
+        return (boxes - priors) / np.stack([pw, ph, pw, ph], 1) / scale
+    bw, bh = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]
+    centre = (boxes[:, :2] + boxes[:, 2:]) / 2 - (priors[:, :2] + priors[:, 2:]) / 2
+    return (
+        np.stack([centre[:, 0] / pw, centre[:, 1] / ph, np.log(bw / pw), np.log(bh / ph)], 1)
+        / scale
+    )
+
+
+def multibox_loss(loc: Any, conf: Any, prior: Any, gt: Any, s: dict[str, Any]) -> Any:
+    """The fork's forward: match, mine, then loc_weight * loc loss + conf loss, each over
+    the normaliser. Matching and mining are index choices (no gradient); the losses are torch
+    expressions of the predictions, so autograd gives the fork's backward."""
+    n, k = loc.shape[0], s["num_classes"]
+    num_priors = prior.shape[-1] // 4
+    table = prior.detach().reshape(2, num_priors, 4).cpu().numpy().astype(np.float32)
+    priors, variances = table[0], table[1]
+    conf = conf.reshape(n, num_priors, k)
+    log_p = torch.log_softmax(conf.float(), -1).clamp(min=math.log(FLT_MIN))
+    background_loss = (-log_p[..., s["background"]]).detach().cpu().numpy()
+    truth = ground_truth(gt.detach().cpu().numpy(), s)
+    positives, targets, negatives, pos_labels = [], [], [], []
+    for i in range(n):
+        if i not in truth:
+            continue
+        labels, boxes = truth[i]
+        index, overlap = match_priors(priors, boxes, s)
+        pos = np.flatnonzero(index > -1)
+        positives += [(i, j) for j in pos]
+        targets.append(encode_boxes(priors[pos], variances[pos], boxes[index[pos]], s))
+        pos_labels += [s["background"] + 1 if s["agnostic"] else labels[index[j]] for j in pos]
+        if s["mining"]:
+            pool = np.flatnonzero((index == -1) & (overlap < s["neg_overlap"]))
+            count = min(int(np.float32(len(pos)) * np.float32(s["neg_pos_ratio"])), len(pool))
+            hardest = pool[np.argsort(-background_loss[i, pool], kind="stable")[:count]]
+            negatives += [(i, j) for j in hardest]
+    matches = len(positives)
+    norm = normalizer(s["normalization"], n, num_priors, matches)
+    total = loc.new_zeros(())
+    if s["loc_term"] and matches:
+        img, idx = (torch.as_tensor([p[c] for p in positives], device=loc.device) for c in (0, 1))
+        pred = loc.reshape(n, num_priors, 4)[img, idx]
+        target = torch.as_tensor(np.concatenate(targets), dtype=pred.dtype, device=pred.device)
+        if s["variance_in_target"]:
+            scale = torch.as_tensor(variances[[p[1] for p in positives]], device=pred.device)
+            pred, target = pred / scale, target / scale
+        d = pred - target
+        term = torch.where(d.abs() < 1, 0.5 * d * d, d.abs() - 0.5) if s["smooth_l1"] else d * d / 2
+        total = total + s["loc_weight"] * term.sum() / norm
+    if s["conf_term"]:
+        if s["mining"]:
+            rows = positives + negatives
+            labels = pos_labels + [s["background"]] * len(negatives)
+        else:
+            rows = [(i, j) for i in range(n) for j in range(num_priors)]
+            chosen = np.full((n, num_priors), s["background"], np.int64)
+            for (i, j), label in zip(positives, pos_labels, strict=True):
+                chosen[i, j] = label
+            labels = list(chosen.reshape(-1))
+        if rows:
+            img, idx, lab = (
+                torch.as_tensor(np.asarray(v, np.int64), device=conf.device)
+                for v in ([r[0] for r in rows], [r[1] for r in rows], labels)
+            )
+            picked = log_p[img, idx, lab]
+            total = total - picked.sum().to(total.dtype) / norm
+    return total
+
+
 @register
 class MultiBoxLoss(LayerDef):
     """SSD's training loss over the prior boxes; a scalar."""
@@ -324,6 +516,176 @@ class MultiBoxLoss(LayerDef):
             f"{MultiBoxLossParameter.MiningType.Name(p.mining_type)} "
             f"(neg:pos {p.neg_pos_ratio:g}, neg_overlap {p.neg_overlap:g})"
         ]
+
+    def _refuse_unsupported(self, ctx: LowerContext) -> None:
+        for name, (value, what) in _UNSUPPORTED.items():
+            if getattr(ctx.param, name) == value:
+                raise CompileError(
+                    [
+                        Diagnostic(
+                            "error",
+                            f"MultiBoxLoss '{ctx.layer.name}': {what} ({name}) is not "
+                            "implemented; protocaffe runs shared boxes matched by the priors, "
+                            "the softmax confidence loss and NONE or MAX_NEGATIVE mining",
+                            ctx.layer.span,
+                            "compile still checks this net's shapes",
+                        )
+                    ]
+                )
+        nms = ctx.param.nms_param if has_field(ctx.param, "nms_param") else None
+        if ctx.param.mining_type == MAX_NEGATIVE and nms is not None and nms.nms_threshold > 0:
+            raise CompileError(
+                [
+                    Diagnostic(
+                        "error",
+                        f"MultiBoxLoss '{ctx.layer.name}': NMS among mined negatives "
+                        "(nms_param) is not implemented",
+                        ctx.layer.span,
+                    )
+                ]
+            )
+
+    def lower(self, ctx: LowerContext) -> list[fx.Node]:
+        self._refuse_unsupported(ctx)
+        return [ctx.call(multibox_loss, *ctx.inputs, multibox_settings(ctx))]
+
+    def reference(self, ctx, inputs, blobs):
+        return [np.array(multibox_reference(inputs, multibox_settings(ctx)), np.float32)]
+
+
+def _oracle_overlap(a: list[float], b: list[float]) -> float:
+    """JaccardOverlap of two [xmin, ymin, xmax, ymax] boxes, as bbox_util.cpp computes it."""
+    if b[0] > a[2] or b[2] < a[0] or b[1] > a[3] or b[3] < a[1]:
+        return 0.0
+    w = min(a[2], b[2]) - max(a[0], b[0])
+    h = min(a[3], b[3]) - max(a[1], b[1])
+    if w <= 0 or h <= 0:
+        return 0.0
+
+    def size(x: list[float]) -> float:
+        return 0.0 if x[2] < x[0] or x[3] < x[1] else (x[2] - x[0]) * (x[3] - x[1])
+
+    return w * h / (size(a) + size(b) - w * h)
+
+
+def _oracle_match(priors: list, boxes: list, s: dict) -> tuple[list[int], list[float]]:
+    """MatchBBox's loops: a dict of positive overlaps, a pool of unused boxes."""
+    index, best = [-1] * len(priors), [0.0] * len(priors)
+    overlaps: dict[int, dict[int, float]] = {}
+    for i, prior in enumerate(priors):
+        if s["ignore_cross_boundary"] and any(v < 0 or v > 1 for v in prior):
+            index[i] = -2
+            continue
+        for j, box in enumerate(boxes):
+            o = _oracle_overlap(prior, box)
+            if o > 1e-6:
+                best[i] = max(best[i], o)
+                overlaps.setdefault(i, {})[j] = o
+    pool = list(range(len(boxes)))
+    while pool:
+        pick, top = None, -1.0
+        for i in sorted(overlaps):
+            if index[i] != -1:
+                continue
+            for j in pool:
+                if j in overlaps[i] and overlaps[i][j] > top:
+                    pick, top = (i, j), overlaps[i][j]
+        if pick is None:
+            break
+        index[pick[0]], best[pick[0]] = pick[1], top
+        pool.remove(pick[1])
+    if s["per_prediction"]:
+        for i in sorted(overlaps):
+            if index[i] != -1:
+                continue
+            pick, top = -1, -1.0
+            for j in range(len(boxes)):
+                o = overlaps[i].get(j)
+                if o is not None and o >= s["overlap_threshold"] and o > top:
+                    pick, top = j, o
+            if pick != -1:
+                index[i], best[i] = pick, top
+    return index, best
+
+
+def _oracle_encode(prior: list, var: list, box: list, s: dict) -> list[float]:
+    v = [1.0] * 4 if s["variance_in_target"] else var
+    pw, ph = prior[2] - prior[0], prior[3] - prior[1]
+    if s["code_type"] == ssd.CORNER:
+        return [(box[c] - prior[c]) / v[c] for c in range(4)]
+    if s["code_type"] == ssd.CORNER_SIZE:
+        return [(box[c] - prior[c]) / (pw, ph)[c % 2] / v[c] for c in range(4)]
+    bw, bh = box[2] - box[0], box[3] - box[1]
+    dx = (box[0] + box[2]) / 2 - (prior[0] + prior[2]) / 2
+    dy = (box[1] + box[3]) / 2 - (prior[1] + prior[3]) / 2
+    return [dx / pw / v[0], dy / ph / v[1], math.log(bw / pw) / v[2], math.log(bh / ph) / v[3]]
+
+
+def multibox_reference(inputs: list[np.ndarray], s: dict[str, Any]) -> float:
+    """Numpy oracle: MultiBoxLossLayer::Forward_cpu's loops (GetGroundTruth, FindMatches,
+    MineHardExamples, EncodeLocPrediction, EncodeConfPrediction), one prior at a time."""
+    loc, conf, prior, gt = (x.astype(np.float64) for x in inputs)
+    n, k, bg = loc.shape[0], s["num_classes"], s["background"]
+    num_priors = prior.size // 8
+    priors = prior.reshape(-1)[: num_priors * 4].reshape(-1, 4).tolist()
+    variances = prior.reshape(-1)[num_priors * 4 :].reshape(-1, 4).tolist()
+    truth: dict[int, list[tuple[int, list[float]]]] = {}
+    for row in gt.reshape(-1, 8).tolist():
+        if int(row[0]) == -1 or (not s["use_difficult_gt"] and row[7]):
+            continue
+        truth.setdefault(int(row[0]), []).append((int(row[1]), row[3:7]))
+    conf = conf.reshape(n, num_priors, k)
+
+    def neg_log_p(i: int, j: int, label: int) -> float:
+        z = conf[i, j] - conf[i, j].max()
+        return -math.log(max(math.exp(z[label]) / np.exp(z).sum(), FLT_MIN))
+
+    loc_loss, conf_rows, matches = 0.0, [], 0
+    for i in range(n):
+        if i not in truth:
+            conf_rows += [] if s["mining"] else [(i, j, bg) for j in range(num_priors)]
+            continue
+        labels = [t[0] for t in truth[i]]
+        index, best = _oracle_match(priors, [t[1] for t in truth[i]], s)
+        for j in range(num_priors):
+            if index[j] <= -1:
+                continue
+            matches += 1
+            target = _oracle_encode(priors[j], variances[j], truth[i][index[j]][1], s)
+            pred = loc[i].reshape(-1, 4)[j].tolist()
+            scale = variances[j] if s["variance_in_target"] else [1.0] * 4
+            for c in range(4):
+                d = (pred[c] - target[c]) / scale[c]
+                if s["smooth_l1"]:
+                    loc_loss += 0.5 * d * d if abs(d) < 1 else abs(d) - 0.5
+                else:
+                    loc_loss += d * d / 2
+        label_of = {
+            j: (bg + 1 if s["agnostic"] else labels[index[j]])
+            for j in range(num_priors)
+            if index[j] > -1
+        }
+        if not s["mining"]:
+            conf_rows += [(i, j, label_of.get(j, bg)) for j in range(num_priors)]
+            continue
+        candidates = [
+            (neg_log_p(i, j, bg), j)
+            for j in range(num_priors)
+            if index[j] == -1 and best[j] < s["neg_overlap"]
+        ]
+        count = min(
+            int(np.float32(len(label_of)) * np.float32(s["neg_pos_ratio"])), len(candidates)
+        )
+        chosen = sorted(candidates, key=lambda c: -c[0])[:count]
+        conf_rows += [(i, j, label) for j, label in label_of.items()]
+        conf_rows += [(i, j, bg) for _, j in chosen]
+    norm = normalizer(s["normalization"], n, num_priors, matches)
+    total = 0.0
+    if s["loc_term"] and matches:
+        total += s["loc_weight"] * loc_loss / norm
+    if s["conf_term"]:
+        total += sum(neg_log_p(i, j, label) for i, j, label in conf_rows) / norm
+    return total
 
 
 # --- DetectionEvaluate ------------------------------------------------------------------
