@@ -239,3 +239,11 @@ def test_transplant_copies_coerces_and_copies_the_overlap(tmp_path, capsys):
     torch.testing.assert_close(got["score.weight"][:3], src["score.weight"])
     assert (got["score.weight"][3:] == 9).all() and (got["score.bias"][3:] == 9).all()
     torch.testing.assert_close(got["score.bias"][:3], src["score.bias"])
+
+
+def test_interp_warns_when_the_kernel_does_not_match_the_stride(tmp_path, capsys):
+    net = _write(tmp_path, "up.prototxt", UPSAMPLE.replace("KERNEL", "kernel_size: 5"))
+    assert main(["surgery", "interp", net, "-o", str(tmp_path / "o"), "--layers", "upscore"]) == 0
+    err = capsys.readouterr().err
+    assert "kernel 5 interpolates at a factor of 3 but the stride is 2" in err
+    assert "needs kernel 4" in err and f"{net}:4:" in err

@@ -350,10 +350,11 @@ def interp(
             )
             continue
         stride = (param.stride_h or (param.stride[0] if param.stride else 1)) or 1
-        if kh != 2 * stride - stride % 2:
+        if (kh + 1) // 2 != stride:  # the kernel's interpolation factor is ceil(K / 2)
             diags.warning(
-                f"Deconvolution '{layer.name}': kernel {kh} with stride {stride} is not a "
-                f"bilinear {stride}x upsampling (that needs kernel {2 * stride - stride % 2})",
+                f"Deconvolution '{layer.name}': kernel {kh} interpolates at a factor of "
+                f"{(kh + 1) // 2} but the stride is {stride}; a bilinear {stride}x upsampling "
+                f"needs kernel {2 * stride - stride % 2}",
                 kernel_span,
             )
         if variant == FCN:
