@@ -145,10 +145,17 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
+def _peak_rss_mib() -> float:
+    """This process's peak resident memory: VmHWM (ru_maxrss would include the pre-exec
+    high-water mark of the parent that forked it)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
 def child(impl: str, name: str, iterations: int, warmup: int, device: str) -> dict:
     """One implementation alone in this process: seconds per iteration and peak memory."""
-    import resource
-
     import torch
 
     torch.manual_seed(0)
@@ -161,7 +168,7 @@ def child(impl: str, name: str, iterations: int, warmup: int, device: str) -> di
     run(iterations)
     _sync(device)
     seconds = (time.perf_counter() - t0) / iterations
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # MiB (Linux: KiB)
+    peak = _peak_rss_mib()
     gpu = torch.cuda.max_memory_allocated() / 2**20 if device.startswith("cuda") else None
     return {"seconds": seconds, "peak_rss_mib": peak, "peak_gpu_mib": gpu}
 
