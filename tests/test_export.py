@@ -235,11 +235,16 @@ def _small_batch(shapes: dict, graph_inputs) -> dict:
     return {k: (min(s[0], 2), *s[1:]) if len(s) >= 2 else s for k, s in out.items()}
 
 
+def _skip(name: str, reason: str) -> None:
+    print(f"SWEEP {name}: skipped: {reason}")  # with -s, a running tally of the sweep
+    pytest.skip(reason)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize(("name", "path", "shapes"), _sweep_nets(), ids=lambda v: str(v)[:70])
 def test_sweep_onnx_matches(name: str, path: Path, shapes: dict, tmp_path: Path) -> None:
     if path.name.endswith("solver.prototxt"):
-        pytest.skip("a solver, not a net")
+        _skip(name, "a solver, not a net")
     try:
         graph = protocaffe.compile(path, input_shapes=shapes)
         module = protocaffe.load(
@@ -247,16 +252,16 @@ def test_sweep_onnx_matches(name: str, path: Path, shapes: dict, tmp_path: Path)
         )
     except CompileError as err:
         first = next(d for d in err.diagnostics if d.severity == "error")
-        pytest.skip(f"does not load: {first.message[:120]}")
+        _skip(name, f"does not load: {first.message[:120]}")
     randomise(module)
     if not module.input_names:
-        pytest.skip("no inputs (data comes from a data source)")
+        _skip(name, "no inputs (data comes from a data source)")
     try:
         exported = export_program(module, {"batch"})
         model_path = str(tmp_path / "net.onnx")
         save_onnx(exported, model_path)
     except Exception as err:  # the reason is the exporter's
-        pytest.skip(f"cannot export: {type(err).__name__}: {str(err).splitlines()[0][:160]}")
+        _skip(name, f"cannot export: {type(err).__name__}: {str(err).splitlines()[0][:160]}")
     checks = check_onnx(model_path, exported, [list(exported.module.input_shapes)])
     print(f"SWEEP {name}: max error {checks[0].max_error:.3g} ({checks[0].worst_output})")
     assert not checks[0].all_zero, "the outputs are all zero: the comparison says nothing"
