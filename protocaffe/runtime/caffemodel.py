@@ -270,8 +270,11 @@ def _v1_type(value: int) -> str:
 
 def read_index(path: str | Path) -> WeightsFile:
     """Every layer's name, type and blob records, without reading the blob data."""
+    from protocaffe.frontend.loader import check_input_file
+
     path = str(path)
     try:
+        check_input_file(path, "the weights file")  # a directory or device says so
         with open(path, "rb") as f:
             size = f.seek(0, 2)
             if size == 0:
