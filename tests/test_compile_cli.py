@@ -73,7 +73,7 @@ def test_errors_exit_one_and_are_all_reported(capsys, tmp_path):
         'layer { name: "data" type: "Input" top: "data" '
         "input_param { shape { dim: 1 dim: 3 dim: 8 dim: 8 } } }\n"
         'layer { name: "a" type: "ReLU" bottom: "dat" top: "a" }\n'
-        'layer { name: "b" type: "MultiBoxLoss" bottom: "data" top: "b" }\n'
+        'layer { name: "b" type: "VideoData" bottom: "data" top: "b" }\n'
     )
     code, out, err = run(capsys, str(bad))
     assert code == 1 and out == ""

@@ -109,10 +109,10 @@ def test_bvlc_text_parses_exactly_as_text_format() -> None:
 
 def test_unknown_fork_params_and_types_name_their_fork() -> None:
     with pytest.raises(CompileError) as info:
-        parse_text('layer { name: "a" image_data_modify_param { } bogus_param { } }')
+        parse_text('layer { name: "a" box_annotator_ohem_param { } bogus_param { } }')
     first, second = info.value.diagnostics
-    assert "unknown field 'image_data_modify_param'" in first.message
-    assert "colorization Caffe fork" in (first.hint or "")
+    assert "unknown field 'box_annotator_ohem_param'" in first.message
+    assert "R-FCN fork" in (first.hint or "")
     assert "unknown field 'bogus_param'" in second.message
     assert dialects.origin_of_type("MultiBoxLoss") == "the SSD fork (weiliu89/caffe, branch ssd)"
     assert dialects.origin_of_v1_type("INTERP") == (
@@ -185,8 +185,8 @@ def test_every_selectable_dialect_is_in_the_catalogue() -> None:
 
 def test_every_unknown_construct_is_listed_at_once() -> None:
     text = (
-        'layer { name: "a" type: "MultiBoxLoss" multibox_loss_param { num_classes: 2 } }\n'
-        'layer { name: "b" type: "ImageLabelmapData" }\n'
+        'layer { name: "a" type: "VideoData" video_data_param { device_id: 0 } }\n'
+        'layer { name: "b" type: "BoxAnnotatorOHEM" }\n'
         'layer { name: "c" type: "Convolutoin" }\n'
     )
     with pytest.raises(CompileError) as info:
@@ -195,12 +195,12 @@ def test_every_unknown_construct_is_listed_at_once() -> None:
         (d.span.line, d.message, d.notes[0] if d.notes else d.hint) for d in info.value.diagnostics
     ]
     assert [(line, message) for line, message, _ in found] == [
-        (1, "unknown layer type 'MultiBoxLoss' (layer 'a')"),
-        (1, "unknown field 'multibox_loss_param' in LayerParameter"),
-        (2, "unknown layer type 'ImageLabelmapData' (layer 'b')"),
+        (1, "unknown layer type 'VideoData' (layer 'a')"),
+        (1, "unknown field 'video_data_param' in LayerParameter"),
+        (2, "unknown layer type 'BoxAnnotatorOHEM' (layer 'b')"),
         (3, "unknown layer type 'Convolutoin' (layer 'c')"),
     ]
-    assert "SSD fork" in found[0][2] and "SSD fork" in found[1][2] and "HED fork" in found[2][2]
+    assert "SSD fork" in found[0][2] and "SSD fork" in found[1][2] and "R-FCN fork" in found[2][2]
     assert "did you mean 'Convolution'" in found[3][2]
 
 

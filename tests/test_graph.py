@@ -142,7 +142,7 @@ def test_bottom_of_an_excluded_layer_names_the_phase():
 def test_unknown_types_suggest_and_name_forks():
     text = INPUT + (
         'layer { name: "c" type: "Convolutoin" bottom: "data" top: "c" }\n'
-        'layer { name: "i" type: "MultiBoxLoss" bottom: "data" top: "i" }\n'
+        'layer { name: "i" type: "VideoData" bottom: "data" top: "i" }\n'
     )
     first, second = errors(text)
     assert first.message == "unknown layer type 'Convolutoin' (layer 'c')"
