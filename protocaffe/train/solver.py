@@ -109,8 +109,8 @@ class Solver:
         if self.param.random_seed >= 0:
             # Before any net is built, so that fillers and Dropout masks follow it.
             torch.manual_seed(self.param.random_seed + rank)
-        seed = self.param.random_seed + rank if self.param.random_seed >= 0 else None
-        self.net = self._train_net(seed, stages or [], level)
+        self.seed = self.param.random_seed + rank if self.param.random_seed >= 0 else None
+        self.net = self._train_net(self.seed, stages or [], level)
         self.test_nets = self._test_nets()
         self.test_iters = list(self.param.test_iter)
         self.rule = make_rule(self.param, self.net.learnable, self._span_of)
@@ -283,7 +283,8 @@ class Solver:
         nets = []
         for i, (_, parsed) in enumerate(sources):
             state = p.test_state[i] if len(p.test_state) else None
-            nets.append(self._make_net(self._graph(parsed, TEST, state), None))
+            # random_seed also fixes test-only fillers and test data order (shuffle, mirror).
+            nets.append(self._make_net(self._graph(parsed, TEST, state), self.seed))
         return nets
 
     # --- the loop -------------------------------------------------------------------------
