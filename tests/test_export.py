@@ -228,11 +228,18 @@ def _sweep_nets() -> list[tuple[str, Path, dict]]:
     return nets
 
 
+def _stages(name: str) -> list[str]:
+    from test_corpus_compile import STAGES
+
+    return list(STAGES.get(Path(name).stem, ()))
+
+
 def _small_batch(shapes: dict, graph_inputs) -> dict:
-    """The net's input shapes with the batch cut to 2 (a sweep over 120 nets on a shared CPU)."""
+    """The net's input shapes with the batch (first axis, labels included) cut to 2: a sweep
+    over a hundred nets on a shared CPU."""
     out = {v.blob: tuple(v.shape) for v in graph_inputs if v.shape}
     out.update(shapes)
-    return {k: (min(s[0], 2), *s[1:]) if len(s) >= 2 else s for k, s in out.items()}
+    return {k: (min(s[0], 2), *s[1:]) if s else s for k, s in out.items()}
 
 
 def _skip(name: str, reason: str) -> None:
@@ -246,9 +253,14 @@ def test_sweep_onnx_matches(name: str, path: Path, shapes: dict, tmp_path: Path)
     if path.name.endswith("solver.prototxt"):
         _skip(name, "a solver, not a net")
     try:
-        graph = protocaffe.compile(path, input_shapes=shapes)
+        stages = _stages(name) if CORPUS.is_dir() else []
+        graph = protocaffe.compile(path, input_shapes=shapes, stages=stages)
         module = protocaffe.load(
-            path, device="cpu", seed=0, input_shapes=_small_batch(shapes, graph.inputs)
+            path,
+            device="cpu",
+            seed=0,
+            stages=stages,
+            input_shapes=_small_batch(shapes, graph.inputs),
         )
     except CompileError as err:
         first = next(d for d in err.diagnostics if d.severity == "error")
