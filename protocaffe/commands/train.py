@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from protocaffe.commands._args import int_at_least
+from protocaffe.commands._args import check_output_path, int_at_least
 
 DESCRIPTION = """\
 Train with a Caffe solver definition, as `caffe train --solver=SOLVER` does: the train net and
@@ -73,6 +73,8 @@ def run(args: argparse.Namespace) -> int:
     if (args.solver is None) == (args.solver_flag is None):
         raise UsageError("give the solver once: SOLVER or --solver SOLVER")
     path = args.solver or args.solver_flag
+    if args.log is not None:
+        check_output_path(args.log, "--log")  # before any work, like every output path
     try:
         rank, world, device = init_from_env(args.device)
     except ValueError as err:
