@@ -56,13 +56,14 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from protocaffe.cli import UsageError
 
-    target = Path(args.onnx or args.torch_export)
-    want = ".onnx" if args.onnx else ".pt2"
+    onnx = args.onnx is not None  # `--onnx ''` is still --onnx (a bad path, below)
+    target = Path(args.onnx if onnx else args.torch_export)
+    want = ".onnx" if onnx else ".pt2"
     if target.suffix != want:
-        raise UsageError(f"{'--onnx' if args.onnx else '--torch-export'} writes a {want} file")
-    if args.report and not args.onnx:
+        raise UsageError(f"{'--onnx' if onnx else '--torch-export'} writes a {want} file")
+    if args.report and not onnx:
         raise UsageError("--report describes an ONNX export: use it with --onnx")
-    check_output_path(target, "--onnx" if args.onnx else "--torch-export")
+    check_output_path(target, "--onnx" if onnx else "--torch-export")
     shapes = parse_input_shapes(args.shape)
 
     from protocaffe.export.program import export_program, save_pt2
