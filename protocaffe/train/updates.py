@@ -47,8 +47,10 @@ class UpdateRule:
     def check(cls, param: Any, diags: Diagnostics, span_of: Any) -> None:
         """Caffe's CHECKs for this solver type's settings."""
 
-    def compute(self, i: int, g: torch.Tensor, local_rate: float, it: int) -> None:
-        """Turn diff `g` of learnable blob i into the step subtracted from it (in place)."""
+    def compute(self, i: int, g: torch.Tensor, local_rate: float, it: int) -> Any:
+        """Update blob i's history from its diff `g` (which may be consumed) and return the
+        step to subtract from the blob, or None when the step is 0 (a zero local rate:
+        Caffe subtracts 0 times the step, so only the history changes)."""
         raise NotImplementedError
 
 
@@ -76,7 +78,7 @@ class SGD(UpdateRule):
     def compute(self, i, g, local_rate, it):
         h = self.history[i]
         h.mul_(self.momentum).add_(g, alpha=local_rate)
-        g.copy_(h)
+        return h
 
 
 @_rule
@@ -87,8 +89,7 @@ class Nesterov(UpdateRule):
         h = self.history[i]
         previous = h.clone()
         h.mul_(self.momentum).add_(g, alpha=local_rate)
-        previous.mul_(-self.momentum).add_(h, alpha=f32(1) + self.momentum)
-        g.copy_(previous)
+        return previous.mul_(-self.momentum).add_(h, alpha=f32(1) + self.momentum)
 
 
 @_rule
@@ -102,7 +103,9 @@ class AdaGrad(UpdateRule):
     def compute(self, i, g, local_rate, it):
         h = self.history[i]
         h.add_(g * g)
-        g.div_(h.sqrt().add_(self.delta)).mul_(local_rate)
+        if not local_rate:
+            return None
+        return g.div_(h.sqrt().add_(self.delta)).mul_(local_rate)
 
 
 @_rule
@@ -121,7 +124,9 @@ class RMSProp(UpdateRule):
         h = self.history[i]
         decay = f32(self.param.rms_decay)
         h.mul_(decay).add_(g * g, alpha=f32(1) - decay)
-        g.div_(h.sqrt().add_(self.delta)).mul_(local_rate)
+        if not local_rate:
+            return None
+        return g.div_(h.sqrt().add_(self.delta)).mul_(local_rate)
 
 
 @_rule
@@ -136,7 +141,7 @@ class AdaDelta(UpdateRule):
         ratio = (update_sq + self.delta).div_(grad_sq + self.delta).sqrt_()
         g.mul_(ratio)
         update_sq.mul_(keep).add_(g * g, alpha=mix)
-        g.mul_(local_rate)
+        return g.mul_(local_rate) if local_rate else None
 
 
 @_rule
@@ -151,8 +156,10 @@ class Adam(UpdateRule):
         correction = f32(np.sqrt(1.0 - float(beta2) ** t) / (1.0 - float(beta1) ** t))
         m.mul_(beta1).add_(g, alpha=f32(1) - beta1)
         v.mul_(beta2).add_(g * g, alpha=f32(1) - beta2)
+        if not local_rate:
+            return None
         step = m / v.sqrt().add_(self.delta)
-        g.copy_(step.mul_(f32(local_rate) * correction))
+        return step.mul_(f32(local_rate) * correction)
 
 
 def make_rule(param: Any, blobs: list[LearnableBlob], span_of: Any) -> UpdateRule:
@@ -205,22 +212,31 @@ def apply_update(
 ) -> float | None:
     """ApplyUpdate after the rate is known: clip the summed diffs, divide by iter_size, add
     weight decay, compute each history update with lr_mult, subtract; returns the clipped
-    norm, if any. Diffs are consumed (turned into the steps)."""
+    norm, if any. Diffs are consumed. A blob without a diff (no gradient reached it, or
+    BatchNorm's statistics) counts as a zero diff, as Caffe's cleared diff does."""
     import torch
 
-    diffs = [b.grad if b.grad is not None else torch.zeros_like(b.tensor) for b in blobs]
-    clipped = clip_gradients(param, diffs)
+    diffs = [b.grad for b in blobs]
+    clipped = None
+    if param.clip_gradients >= 0:
+        zero = torch.zeros_like
+        diffs = [zero(b.tensor) if g is None else g for g, b in zip(diffs, blobs, strict=True)]
+        clipped = clip_gradients(param, diffs)
     scale = f32(1) / f32(param.iter_size)
     weight_decay = f32(param.weight_decay)
     with torch.no_grad():
         for i, (blob, g) in enumerate(zip(blobs, diffs, strict=True)):
             w = blob.tensor
-            if param.iter_size > 1:
+            if param.iter_size > 1 and g is not None:
                 g.mul_(scale)
             local_decay = weight_decay * f32(blob.decay_mult)
             if local_decay:
                 source = w if param.regularization_type == "L2" else torch.sign(w)
-                g.add_(source, alpha=local_decay)
-            rule.compute(i, g, float(f32(rate) * f32(blob.lr_mult)), it)
-            w.sub_(g)
+                # 0 + decay * w is decay * w: a missing diff needs no zeros first.
+                g = source * local_decay if g is None else g.add_(source, alpha=local_decay)
+            if g is None:
+                g = torch.zeros_like(w)
+            step = rule.compute(i, g, float(f32(rate) * f32(blob.lr_mult)), it)
+            if step is not None:
+                w.sub_(step)
     return clipped
