@@ -23,6 +23,12 @@ if TYPE_CHECKING:
 f32 = np.float32
 
 
+def scalar(x: Any) -> float:
+    """A float32 value as a Python float: torch takes it as a scalar operand (a numpy scalar
+    would become a tensor first)."""
+    return float(f32(x))
+
+
 class UpdateRule:
     """One solver type: its history blobs (`sets` per learnable blob, Caffe's order: all of
     the first set, then all of the second) and its ComputeUpdateValue."""
@@ -35,7 +41,7 @@ class UpdateRule:
 
         self.param = param
         self.momentum = f32(param.momentum)
-        self.delta = f32(param.delta)
+        self.delta = scalar(param.delta)
         self.count = len(blobs)
         self.history: list[torch.Tensor] = [
             torch.zeros_like(b.tensor, memory_format=torch.contiguous_format)
@@ -77,7 +83,7 @@ class SGD(UpdateRule):
 
     def compute(self, i, g, local_rate, it):
         h = self.history[i]
-        h.mul_(self.momentum).add_(g, alpha=local_rate)
+        h.mul_(scalar(self.momentum)).add_(g, alpha=local_rate)
         return h
 
 
@@ -88,8 +94,9 @@ class Nesterov(UpdateRule):
     def compute(self, i, g, local_rate, it):
         h = self.history[i]
         previous = h.clone()
-        h.mul_(self.momentum).add_(g, alpha=local_rate)
-        return previous.mul_(-self.momentum).add_(h, alpha=f32(1) + self.momentum)
+        h.mul_(scalar(self.momentum)).add_(g, alpha=local_rate)
+        m = self.momentum
+        return previous.mul_(scalar(-m)).add_(h, alpha=scalar(f32(1) + m))
 
 
 @_rule
@@ -123,7 +130,7 @@ class RMSProp(UpdateRule):
     def compute(self, i, g, local_rate, it):
         h = self.history[i]
         decay = f32(self.param.rms_decay)
-        h.mul_(decay).add_(g * g, alpha=f32(1) - decay)
+        h.mul_(scalar(decay)).add_(g * g, alpha=scalar(f32(1) - decay))
         if not local_rate:
             return None
         return g.div_(h.sqrt().add_(self.delta)).mul_(local_rate)
@@ -136,7 +143,7 @@ class AdaDelta(UpdateRule):
 
     def compute(self, i, g, local_rate, it):
         grad_sq, update_sq = self.history[i], self.history[self.count + i]
-        keep, mix = self.momentum, f32(1) - self.momentum
+        keep, mix = scalar(self.momentum), scalar(f32(1) - self.momentum)
         grad_sq.mul_(keep).add_(g * g, alpha=mix)
         ratio = (update_sq + self.delta).div_(grad_sq + self.delta).sqrt_()
         g.mul_(ratio)
@@ -154,12 +161,12 @@ class Adam(UpdateRule):
         beta1, beta2 = self.momentum, f32(self.param.momentum2)
         t = it + 1
         correction = f32(np.sqrt(1.0 - float(beta2) ** t) / (1.0 - float(beta1) ** t))
-        m.mul_(beta1).add_(g, alpha=f32(1) - beta1)
-        v.mul_(beta2).add_(g * g, alpha=f32(1) - beta2)
+        m.mul_(scalar(beta1)).add_(g, alpha=scalar(f32(1) - beta1))
+        v.mul_(scalar(beta2)).add_(g * g, alpha=scalar(f32(1) - beta2))
         if not local_rate:
             return None
         step = m / v.sqrt().add_(self.delta)
-        return step.mul_(f32(local_rate) * correction)
+        return step.mul_(scalar(f32(local_rate) * correction))
 
 
 def make_rule(param: Any, blobs: list[LearnableBlob], span_of: Any) -> UpdateRule:
@@ -228,15 +235,16 @@ def apply_update(
         for i, (blob, g) in enumerate(zip(blobs, diffs, strict=True)):
             w = blob.tensor
             if param.iter_size > 1 and g is not None:
-                g.mul_(scale)
+                g.mul_(scalar(scale))
             local_decay = weight_decay * f32(blob.decay_mult)
             if local_decay:
                 source = w if param.regularization_type == "L2" else torch.sign(w)
                 # 0 + decay * w is decay * w: a missing diff needs no zeros first.
-                g = source * local_decay if g is None else g.add_(source, alpha=local_decay)
+                decay = scalar(local_decay)
+                g = source * decay if g is None else g.add_(source, alpha=decay)
             if g is None:
                 g = torch.zeros_like(w)
-            step = rule.compute(i, g, float(f32(rate) * f32(blob.lr_mult)), it)
+            step = rule.compute(i, g, scalar(f32(rate) * f32(blob.lr_mult)), it)
             if step is not None:
                 w.sub_(step)
     return clipped
