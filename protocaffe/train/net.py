@@ -63,6 +63,7 @@ def net_graph(
     from protocaffe.data.pylayer import FLAG_HINT, PythonLayers
     from protocaffe.ir.build import build_graph
     from protocaffe.ir.state import layer_included, net_state
+    from protocaffe.layers.data import NATIVE_PYTHON_LAYERS
 
     net = parsed.message
     python = None
@@ -71,6 +72,8 @@ def net_graph(
     for i, proto in enumerate(net.layer):
         if proto.type != "Python" or len(proto.bottom) or not layer_included(state, proto):
             continue
+        if (proto.python_param.module, proto.python_param.layer) in NATIVE_PYTHON_LAYERS:
+            continue  # protocaffe runs this one itself
         if python_path is None:
             p = proto.python_param
             raise input_error(
