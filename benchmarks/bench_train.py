@@ -175,7 +175,8 @@ def child(impl: str, name: str, iterations: int, warmup: int, device: str) -> di
 
 def interleaved(variants: dict, name: str, iterations: int, warmup: int, device: str) -> dict:
     """All implementations in one process, one iteration each in turn: a shared machine's
-    load then weighs on all of them alike. Median seconds per iteration of each."""
+    load then weighs on all of them alike. Median (wall, CPU) seconds per iteration of each;
+    CPU time (all threads) is the steadier figure when other jobs compete for the cores."""
     import torch
 
     torch.manual_seed(0)
@@ -183,15 +184,19 @@ def interleaved(variants: dict, name: str, iterations: int, warmup: int, device:
     runs = {label: make_runner(impl, net, device, data) for label, (impl, net) in variants.items()}
     for run in runs.values():
         run(warmup)
-    times: dict[str, list[float]] = {label: [] for label in runs}
+    wall: dict[str, list[float]] = {label: [] for label in runs}
+    cpu: dict[str, list[float]] = {label: [] for label in runs}
     for _ in range(iterations):
         for label, run in runs.items():
             _sync(device)
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             run(1)
             _sync(device)
-            times[label].append(time.perf_counter() - t0)
-    return {label: statistics.median(t) for label, t in times.items()}
+            wall[label].append(time.perf_counter() - t0)
+            cpu[label].append(time.process_time() - c0)
+    return {
+        label: (statistics.median(wall[label]), statistics.median(cpu[label])) for label in runs
+    }
 
 
 def main() -> None:
@@ -210,7 +215,8 @@ def main() -> None:
 
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {args.device}")
     print(
-        f"{'net':<11} {'implementation':<26} {'ms/it':>8} {'it/s':>6} {'RSS MiB':>8} {'GPU MiB':>8}"
+        f"{'net':<11} {'implementation':<26} {'wall ms':>8} {'CPU ms':>8} {'RSS MiB':>8} "
+        f"{'GPU MiB':>8}"
     )
     for name in args.nets.split(","):
         variants = {"pytorch": ("pytorch", name), "protocaffe": ("protocaffe", name)}
@@ -224,15 +230,16 @@ def main() -> None:
             mem = json.loads(out.stdout.strip().splitlines()[-1])
             gpu = mem["peak_gpu_mib"]
             gpu_text = f"{gpu:8.0f}" if gpu is not None else f"{'-':>8}"
-            s = med[label]
+            wall, cpu = med[label]
             print(
-                f"{name:<11} {label:<26} {1000 * s:8.1f} {1 / s:6.2f} "
+                f"{name:<11} {label:<26} {1000 * wall:8.1f} {1000 * cpu:8.1f} "
                 f"{mem['peak_rss_mib']:8.0f} {gpu_text}"
             )
         for label in variants:
             if label != "protocaffe":
-                ratio = med["protocaffe"] / med[label]
-                print(f"{name:<11} protocaffe / {label}: {ratio:.3f} (median time per iteration)")
+                w = med["protocaffe"][0] / med[label][0]
+                c = med["protocaffe"][1] / med[label][1]
+                print(f"{name:<11} protocaffe / {label}: wall {w:.3f}, CPU {c:.3f}")
 
 
 if __name__ == "__main__":
