@@ -220,7 +220,16 @@ def test_export_usage_errors(semantics_net: Path, tmp_path: Path) -> None:
 
 
 def _sweep_nets() -> list[tuple[str, Path, dict]]:
-    nets = [(f"models/{p.name}", p, {}) for p in sorted((ROOT / "models").glob("*.prototxt"))]
+    # The shipped FCN train/val nets read their size from the first image: give one.
+    fcn_data = {"data": (1, 3, 64, 64), "label": (1, 1, 64, 64)}
+    nets = [
+        (
+            f"models/{p.name}",
+            p,
+            fcn_data if p.stem.startswith("fcn") and "trainval" in p.stem else {},
+        )
+        for p in sorted((ROOT / "models").glob("*.prototxt"))
+    ]
     if CORPUS.is_dir():
         from test_corpus_compile import BVLC, inputs_for
 
