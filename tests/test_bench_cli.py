@@ -52,8 +52,9 @@ def test_json_report(net: Path, capsys) -> None:
     ]
     layers = {t["name"]: t for t in result["layers"]}
     assert layers["pool1"]["top_shapes"] == [[1, 8, 7, 7]]
-    for name in ("conv1", "relu1", "pool1", "fc", "prob"):
+    for name in ("conv1", "pool1", "fc", "prob"):
         assert 0 < layers[name]["min_ms"] <= layers[name]["median_ms"]
+    assert layers["relu1"]["median_ms"] == 0  # fused into conv1 (protocaffe/lower/passes.py)
     assert 0 < result["forward_ms"]["min"] <= result["forward_ms"]["median"]
     # The activation peak is below the sum of all blobs (freed after their last use).
     assert 0 < result["peak_activation_bytes"] <= result["blob_bytes"]

@@ -422,15 +422,22 @@ def assemble(
     attrs: dict[Layer, str],
     sharing: dict,
     outputs: list[str] | None,
+    fast_cpu: bool = True,
 ) -> CaffeModule:
-    """Build the fx graph over `root`'s blobs and wrap both into a CaffeModule."""
+    """Build the fx graph over `root`'s blobs and wrap both into a CaffeModule.
+    `fast_cpu`: a TEST net's convolutions take the fast CPU inference path (lower/passes.py)."""
     fx_graph = _Builder(graph, attrs, sharing, _resolve_outputs(graph, outputs)).build()
     fuse_scale_into_batch_norm(fx_graph)
+    if fast_cpu and graph.phase == 1:
+        from protocaffe.lower.passes import fast_cpu_inference
+
+        fast_cpu_inference(fx_graph)
     module = CaffeModule(root, fx_graph, class_name=sanitize(graph.name))
     # fx copies only the blobs the code uses; keep every stored blob for weight loading.
     for attr in attrs.values():
         setattr(module, attr, root.get_submodule(attr))
     module.caffe_graph = graph
+    module.fast_cpu = fast_cpu
     module._layer_attrs = attrs
     module._sharing = sharing
     module.caffe_names = {}
@@ -483,7 +490,7 @@ def reshape_module(module: CaffeModule, input_shapes: dict[str, tuple[int, ...]]
     new_of = dict(zip(module.caffe_graph.layers, graph.layers, strict=True))
     attrs = {new_of[old]: attr for old, attr in module._layer_attrs.items()}
     sharing = {(new_of[old], blob): owner for (old, blob), owner in module._sharing.items()}
-    variant = assemble(graph, module, attrs, sharing, list(module.output_names))
+    variant = assemble(graph, module, attrs, sharing, list(module.output_names), module.fast_cpu)
     variant.train(module.training)
     if getattr(module, "_compiled_call_impl", None) is not None:
         variant.compile()
@@ -498,13 +505,15 @@ def lower_graph(
     seed: int | None = None,
     outputs: Sequence[str] | None = None,
     init: bool = True,
+    fast_cpu: bool = True,
 ) -> CaffeModule:
     """Lower a compiled Graph to a CaffeModule with blobs initialised by their fillers.
 
     `outputs` names extra blobs to return besides the net's outputs (Caffe blob names or IR
     value ids); `module.with_outputs([...])` does the same later, sharing the parameters.
-    `init=False` leaves blobs uninitialised (for loading weights over them).
+    `init=False` leaves blobs uninitialised (for loading weights over them). `fast_cpu=False`
+    keeps a TEST net's convolutions as plain `F.conv2d` calls (see `protocaffe.lower.passes`).
     """
     check_lowerable(graph)
     root, attrs, sharing = make_blobs(graph, device=device, dtype=dtype, seed=seed, init=init)
-    return assemble(graph, root, attrs, sharing, list(outputs or ()))
+    return assemble(graph, root, attrs, sharing, list(outputs or ()), fast_cpu)

@@ -54,6 +54,7 @@ class CaffeModule(fx.GraphModule):
     output_names: list[str]  # keys of the returned dict
     max_variants: int = 8  # re-specialised variants kept (LRU); 0 keeps none
     allow_oversize: bool = False  # skip the memory guard for new input shapes
+    fast_cpu: bool = True  # TEST convolutions take lower/passes.py's fast CPU path
 
     def __call__(self, blobs: Any = None, /, **named: Any) -> dict[str, Any]:
         inputs = self._gather_inputs(blobs, named)
@@ -180,7 +181,9 @@ class CaffeModule(fx.GraphModule):
         """
         from protocaffe.lower.builder import assemble
 
-        return assemble(self.caffe_graph, self, self._layer_attrs, self._sharing, list(outputs))
+        return assemble(
+            self.caffe_graph, self, self._layer_attrs, self._sharing, list(outputs), self.fast_cpu
+        )
 
     _layer_attrs: dict[Layer, str]
     _sharing: dict[tuple[Layer, str], str]  # reshaped shared blobs -> owner's path

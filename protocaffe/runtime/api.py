@@ -104,6 +104,7 @@ def load(
     max_variants: int = 8,
     dialect: str | None = None,
     plugins: Iterable[str] = (),
+    fast_cpu: bool = True,
 ) -> Any:
     """A Caffe net as a CaffeModule (an nn.Module; in eval() mode for TEST).
 
@@ -113,6 +114,8 @@ def load(
     `outputs` names extra blobs to return. `compile=True` applies torch.compile in place.
     `fold_bn=True` folds TEST-time BatchNorm (+ Scale) into the Convolution/InnerProduct
     before it (see `protocaffe.lower.fold_bn`); `module.folded_layers` lists what went.
+    `fast_cpu=False` keeps TEST convolutions as plain `F.conv2d` calls instead of the fused
+    oneDNN / GEMM CPU inference path (`protocaffe.lower.passes`).
 
     Before allocating, the plan (parameters and activations at the input shapes and dtype)
     is compared with the device's free memory: ResourceError when it does not fit, unless
@@ -144,6 +147,7 @@ def load(
         seed=seed,
         outputs=outputs,
         init=weights is None,
+        fast_cpu=fast_cpu,
     )
     module.weights_report = None
     if weights is not None:

@@ -1,0 +1,194 @@
+"""Inference passes over a lowered TEST net's fx graph: the fast CPU path, same Caffe semantics.
+
+`fast_cpu_inference(graph)` rewrites every 2-D convolution (and the ReLU that is its only
+user) into one call of `conv2d_inference`, which decides per call:
+
+- on the CPU, without autograd, in float32/bfloat16, a convolution whose weights outnumber
+  its activations (FCN's fc6/fc7: 7x7 and 1x1 over a small map) runs as Caffe itself runs every
+  convolution, im2col + one GEMM (+ bias, ReLU in place): oneDNN would re-lay out the weights
+  (411 MB for fc6) on every call, which is both slow and the forward pass's memory peak;
+- the other convolutions run through oneDNN's fused convolution (`mkldnn._convolution_pointwise`,
+  ReLU as a post-op) on channels_last activations: no NCHW <-> blocked reorders of the
+  activations, which double the big early layers' memory and cost time;
+- with autograd on, the same kernels through ops autograd knows (`F.conv2d` on channels_last
+  input: the same bits), so a TEST net gives one answer with and without `torch.no_grad()`;
+- anywhere else (CUDA, float64/16, torch.compile/export tracing) it is `F.conv2d` (+ `F.relu`).
+
+A fused ReLU gives the same bits as the separate one (tests/test_speed_passes.py checks it for
+each path). Channels_last values flow only into the ops listed in `_LAYOUT_SAFE` (ATen ops that
+take any strides); every other user gets a contiguous NCHW copy, so layer code written for
+NCHW (`.view`, custom functions) never sees the other layout. The net's outputs are returned as
+produced: the same values, possibly in channels_last memory (`.contiguous()` gives NCHW).
+"""
+
+from __future__ import annotations
+
+import operator
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import fx
+
+_FAST_DTYPES = (torch.float32, torch.bfloat16)
+
+
+def _gemm_is_cheaper(x: torch.Tensor, weight: torch.Tensor, out_hw: int) -> bool:
+    """Weights outnumber the activations: the per-call weight reorder would dominate."""
+    activations = x.shape[0] * (x[0].numel() + weight.shape[0] * out_hw)
+    return weight.numel() > activations
+
+
+def conv2d_inference(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    stride: tuple[int, int],
+    padding: tuple[int, int],
+    dilation: tuple[int, int],
+    groups: int,
+    relu: bool,
+) -> torch.Tensor:
+    """Caffe's Convolution (+ ReLU with negative_slope 0) for inference; see the module doc."""
+    fast = (
+        x.device.type == "cpu"
+        and x.dtype in _FAST_DTYPES
+        and x.dtype == weight.dtype
+        and x.dim() == 4
+        and torch.backends.mkldnn.is_available()
+        and not torch.compiler.is_compiling()  # inductor/export see the plain ops
+    )
+    if not fast:
+        y = F.conv2d(x, weight, bias, stride, padding, dilation, groups)
+        return F.relu(y, inplace=True) if relu else y
+    kh, kw = weight.shape[2:]
+    oh = (x.shape[2] + 2 * padding[0] - dilation[0] * (kh - 1) - 1) // stride[0] + 1
+    ow = (x.shape[3] + 2 * padding[1] - dilation[1] * (kw - 1) - 1) // stride[1] + 1
+    if groups == 1 and _gemm_is_cheaper(x, weight, oh * ow):
+        return _conv2d_gemm(x, weight, bias, stride, padding, dilation, relu, (oh, ow))
+    x = x.contiguous(memory_format=torch.channels_last)
+    if torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad):
+        # The same oneDNN kernel (the same bits) through the op autograd knows.
+        y = F.conv2d(x, weight, bias, stride, padding, dilation, groups)
+        return F.relu(y, inplace=True) if relu else y
+    return torch.ops.mkldnn._convolution_pointwise(
+        x, weight, bias, padding, stride, dilation, groups, "relu" if relu else "none", [], ""
+    )
+
+
+def _conv2d_gemm(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    stride: tuple[int, int],
+    padding: tuple[int, int],
+    dilation: tuple[int, int],
+    relu: bool,
+    out_hw: tuple[int, int],
+) -> torch.Tensor:
+    """im2col + GEMM + bias, Caffe's forward_cpu_gemm; the output is NCHW."""
+    n, out = x.shape[0], weight.shape[0]
+    w2d = weight.reshape(out, -1)
+    if weight.shape[2:] == (1, 1) and stride == (1, 1) and padding == (0, 0):
+        cols = x.reshape(n, x.shape[1], -1)  # a 1x1 convolution's columns are the input
+    else:
+        cols = F.unfold(x, tuple(weight.shape[2:]), dilation, padding, stride)
+    y = torch.matmul(w2d, cols)
+    if bias is not None:
+        y.add_(bias.reshape(out, 1))
+    if relu:
+        y.relu_()
+    return y.reshape(n, out, *out_hw)
+
+
+_RELU_TARGETS = (F.relu, torch.relu, torch.relu_)
+
+# ATen ops that take channels_last tensors as they take NCHW ones (values, not layout, matter).
+_LAYOUT_SAFE: frozenset[Any] = frozenset(
+    {
+        conv2d_inference,
+        F.relu,
+        F.leaky_relu,
+        F.max_pool2d,
+        F.avg_pool2d,
+        F.conv2d,
+        F.conv_transpose2d,
+        F.batch_norm,
+        F.dropout,
+        torch.add,
+        torch.mul,
+        torch.addcmul,
+        operator.add,
+        operator.mul,
+        operator.getitem,
+        torch.Tensor.size,
+    }
+)
+
+
+def fast_cpu_inference(graph: fx.Graph) -> int:
+    """Rewrite `graph`'s conv2d (+ sole-user ReLU) nodes into `conv2d_inference`; returns how
+    many convolutions were rewritten. For TEST nets only: the fast path has no autograd."""
+    rewritten: list[fx.Node] = []
+    for node in list(graph.nodes):
+        if node.op != "call_function" or node.target is not F.conv2d:
+            continue
+        x, weight, bias = [*node.args, None, None][:3]
+        kw = node.kwargs
+        users = list(node.users)
+        relu = (
+            users[0]
+            if len(users) == 1
+            and users[0].op == "call_function"
+            and users[0].target in _RELU_TARGETS
+            and users[0].args[0] is node
+            else None
+        )
+        args = (
+            x,
+            weight,
+            kw.get("bias", bias),
+            _pair(kw.get("stride", 1)),
+            _pair(kw.get("padding", 0)),
+            _pair(kw.get("dilation", 1)),
+            kw.get("groups", 1),
+            relu is not None,
+        )
+        with graph.inserting_after(relu or node):
+            fused = graph.call_function(conv2d_inference, args)
+        fused.meta.update(node.meta)
+        if relu is not None:
+            fused.meta["caffe_fused"] = relu.meta.get("caffe_layer")
+        (relu or node).replace_all_uses_with(fused)
+        name = node.name  # the code keeps reading like the net: the convolution's top
+        if relu is not None:
+            graph.erase_node(relu)
+        graph.erase_node(node)
+        fused._rename(name)
+        rewritten.append(fused)
+    if rewritten:
+        _contain_channels_last(graph, rewritten)
+        graph.lint()
+    return len(rewritten)
+
+
+def _pair(value: Any) -> tuple[int, int]:
+    return tuple(value) if isinstance(value, (tuple, list)) else (value, value)  # type: ignore[return-value]
+
+
+def _contain_channels_last(graph: fx.Graph, sources: list[fx.Node]) -> None:
+    """Give every user outside `_LAYOUT_SAFE` of a value that may be channels_last (a source's,
+    or a layout-safe op's over one) a contiguous NCHW copy instead."""
+    maybe = set(sources)
+    for node in graph.nodes:
+        inputs = [a for a in node.all_input_nodes if a in maybe]
+        if not inputs or node.op == "output":
+            continue
+        if node.op == "call_function" and node.target in _LAYOUT_SAFE:
+            maybe.add(node)
+            continue
+        for value in inputs:
+            with graph.inserting_before(node):
+                nchw = graph.call_method("contiguous", (value,))
+            nchw.meta.update(value.meta)
+            node.replace_input_with(value, nchw)
