@@ -166,3 +166,18 @@ def test_gemm_path_has_gradients() -> None:
     F.relu(F.conv2d(x64, w64, b.double(), stride, pad, dil, groups)).sum().backward()
     torch.testing.assert_close(xf.grad.double(), x64.grad, rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(wf.grad.double(), w64.grad, rtol=1e-4, atol=1e-5)
+
+
+def test_compiler_tracing_sees_plain_ops() -> None:
+    """torch.compile / torch.export trace `F.conv2d` (their own passes fuse and pre-pack)."""
+    import torch._dynamo
+
+    _, fast = _modules()
+    torch._dynamo.reset()
+    compiled = torch.compile(fast.forward, backend="eager", fullgraph=True)  # no graph break
+    x = torch.randn(2, 3, 10, 10)
+    with torch.no_grad():
+        want = fast(x)
+        got = compiled({"data": x})
+    for key in want:
+        torch.testing.assert_close(got[key], want[key], rtol=1e-5, atol=1e-5)

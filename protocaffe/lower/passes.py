@@ -51,12 +51,12 @@ def conv2d_inference(
 ) -> torch.Tensor:
     """Caffe's Convolution (+ ReLU with negative_slope 0) for inference; see the module doc."""
     fast = (
-        x.device.type == "cpu"
+        not torch.compiler.is_compiling()  # inductor/export see the plain ops
+        and x.device.type == "cpu"
         and x.dtype in _FAST_DTYPES
         and x.dtype == weight.dtype
         and x.dim() == 4
         and torch.backends.mkldnn.is_available()
-        and not torch.compiler.is_compiling()  # inductor/export see the plain ops
     )
     if not fast:
         y = F.conv2d(x, weight, bias, stride, padding, dilation, groups)
