@@ -68,14 +68,23 @@ def _axes(shape: tuple[int, ...], dynamic: set[str]) -> list[int]:
     return axes
 
 
+def _is_label(value: Any) -> bool:
+    """An input some loss or Accuracy reads as its label (a later bottom), not as data."""
+    return any(
+        (c.type.endswith("Loss") or c.type == "Accuracy") and value in c.inputs[1:]
+        for c in value.consumers
+    )
+
+
 def example_inputs(module: CaffeModule, seed: int = 0) -> tuple[torch.Tensor, ...]:
-    """Random inputs of the module's shapes ('label'-like inputs get small class indices)."""
+    """Random inputs of the module's shapes; labels get small class indices (0 or 1)."""
     gen = torch.Generator().manual_seed(seed)
     ref = next(iter(module.parameters()), None)
     dtype = ref.dtype if ref is not None else torch.float32
+    labels = {v.blob for v in module.caffe_graph.inputs if _is_label(v)}
     out = []
     for name, shape in zip(module.input_names, module.input_shapes, strict=True):
-        if "label" in name:
+        if name in labels:
             out.append(torch.randint(0, 2, shape, generator=gen).to(dtype))
         else:
             out.append(torch.randn(shape, generator=gen, dtype=dtype))
