@@ -29,6 +29,8 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 
 PROTOTXT = REPO / "models" / "fcn8s.prototxt"
 IMPLS = ("protocaffe", "handwritten", "opencv")
+# protocaffe-plain: load(..., fast_cpu=False), the lowering without lower/passes.py's CPU path
+EXTRA_IMPLS = ("protocaffe-plain",)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -49,10 +51,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             "(protocaffe's compile() applies it on CPU by itself)"
         ),
     )
-    p.add_argument("--impls", default=",".join(IMPLS), help="subset of " + ",".join(IMPLS))
+    p.add_argument(
+        "--impls", default=",".join(IMPLS), help="subset of " + ",".join(IMPLS + EXTRA_IMPLS)
+    )
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory runs")
     p.add_argument("--json", metavar="FILE", help="also write the results as JSON")
-    p.add_argument("--memory-of", choices=IMPLS, help=argparse.SUPPRESS)  # child process mode
+    p.add_argument("--memory-of", choices=IMPLS + EXTRA_IMPLS, help=argparse.SUPPRESS)
     p.add_argument("--workdir", help=argparse.SUPPRESS)
     return p.parse_args(argv)
 
@@ -101,7 +105,9 @@ class Runner:
             return
         from protocaffe.runtime.api import load
 
-        module = load(proto, weights, device=args.device, dtype=args.dtype)
+        module = load(
+            proto, weights, device=args.device, dtype=args.dtype, fast_cpu=impl == "protocaffe"
+        )
         if impl == "handwritten":
             from handwritten_fcn8s import HandFCN8s
 
@@ -110,7 +116,7 @@ class Runner:
             module = hand.to(self.device, dtype).eval()
         if args.channels_last:
             module = module.to(memory_format=torch.channels_last)
-        if args.compile and impl == "protocaffe":
+        if args.compile and impl.startswith("protocaffe"):
             module.compile()  # protocaffe's own: inductor freezing on CPU at TEST
             self.module = module
         else:
