@@ -106,7 +106,8 @@ layer { name: "conv2" type: "Convolution" bottom: "conv1" top: "conv2"
 layer { name: "relu2" type: "ReLU" bottom: "conv2" top: "relu2" }
 layer { name: "pool" type: "Pooling" bottom: "relu2" top: "pool"
   pooling_param { pool: MAX kernel_size: 2 stride: 2 } }
-layer { name: "sum" type: "Eltwise" bottom: "pool" bottom: "pool" top: "sum" }
+layer { name: "norm" type: "LRN" bottom: "pool" top: "norm" lrn_param { local_size: 3 } }
+layer { name: "sum" type: "Eltwise" bottom: "pool" bottom: "norm" top: "sum" }
 layer { name: "fc" type: "InnerProduct" bottom: "sum" top: "fc"
   inner_product_param { num_output: 5 weight_filler { type: "gaussian" std: 0.1 } } }
 layer { name: "flat" type: "Flatten" bottom: "sum" top: "flat" }
@@ -139,7 +140,10 @@ def test_pass_fuses_sole_user_relus_and_keeps_observed_tops() -> None:
     with torch.no_grad():
         want, got = plain(x), fast(x)
     assert set(want) == set(got) == {"fc", "flat", "conv2"}
-    assert fast.graph.find_nodes(op="call_method", target="contiguous")  # before Flatten
+    # Only protocaffe's own helper (the LRN stand-in) gets an NCHW copy; PyTorch ops take any.
+    (copy,) = fast.graph.find_nodes(op="call_method", target="contiguous")
+    assert [u.meta["caffe_layer"] for u in copy.users] == ["norm"]
+    assert [n.meta["caffe_fused"] for n in fast.graph.nodes if "caffe_fused" in n.meta] == ["relu1"]
     for key in want:
         torch.testing.assert_close(got[key], want[key], rtol=1e-5, atol=1e-5)
 

@@ -15,10 +15,10 @@ user) into one call of `conv2d_inference`, which decides per call:
 - anywhere else (CUDA, float64/16, torch.compile/export tracing) it is `F.conv2d` (+ `F.relu`).
 
 A fused ReLU gives the same bits as the separate one (tests/test_speed_passes.py checks it for
-each path). Channels_last values flow only into the ops listed in `_LAYOUT_SAFE` (ATen ops that
-take any strides); every other user gets a contiguous NCHW copy, so layer code written for
-NCHW (`.view`, custom functions) never sees the other layout. The net's outputs are returned as
-produced: the same values, possibly in channels_last memory (`.contiguous()` gives NCHW).
+each path). Channels_last values flow only into PyTorch's own functions and methods (which take
+any strides), `.view` excepted; every other user (protocaffe's helpers, written for NCHW) gets a
+contiguous copy. The net's outputs are returned as produced: the same values, possibly in
+channels_last memory (`.contiguous()` gives NCHW).
 """
 
 from __future__ import annotations
@@ -103,27 +103,22 @@ def _conv2d_gemm(
 
 _RELU_TARGETS = (F.relu, torch.relu, torch.relu_)
 
-# ATen ops that take channels_last tensors as they take NCHW ones (values, not layout, matter).
-_LAYOUT_SAFE: frozenset[Any] = frozenset(
-    {
-        conv2d_inference,
-        F.relu,
-        F.leaky_relu,
-        F.max_pool2d,
-        F.avg_pool2d,
-        F.conv2d,
-        F.conv_transpose2d,
-        F.batch_norm,
-        F.dropout,
-        torch.add,
-        torch.mul,
-        torch.addcmul,
-        operator.add,
-        operator.mul,
-        operator.getitem,
-        torch.Tensor.size,
-    }
-)
+# PyTorch's own functions take channels_last tensors as they take NCHW ones (values, not
+# layout, are their contract); `view` is the exception, and protocaffe's helpers are not vetted.
+_OPERATORS = frozenset({operator.getitem, operator.add, operator.sub, operator.mul})
+_LAYOUT_UNSAFE: frozenset[Any] = frozenset({torch.Tensor.view, "view"})
+
+
+def _layout_safe(node: fx.Node) -> bool:
+    if node.target in _LAYOUT_UNSAFE:
+        return False
+    if node.op == "call_method":
+        return True
+    if node.op != "call_function":
+        return False
+    if node.target is conv2d_inference or node.target in _OPERATORS:
+        return True
+    return (getattr(node.target, "__module__", None) or "").split(".")[0] == "torch"
 
 
 def fast_cpu_inference(graph: fx.Graph) -> int:
@@ -154,18 +149,13 @@ def fast_cpu_inference(graph: fx.Graph) -> int:
             kw.get("groups", 1),
             relu is not None,
         )
-        with graph.inserting_after(relu or node):
-            fused = graph.call_function(conv2d_inference, args)
-        fused.meta.update(node.meta)
+        # The convolution's node becomes the call: it keeps its name, so the code reads as before.
+        node.target, node.args, node.kwargs = conv2d_inference, args, {}
         if relu is not None:
-            fused.meta["caffe_fused"] = relu.meta.get("caffe_layer")
-        (relu or node).replace_all_uses_with(fused)
-        name = node.name  # the code keeps reading like the net: the convolution's top
-        if relu is not None:
+            node.meta["caffe_fused"] = relu.meta.get("caffe_layer")
+            relu.replace_all_uses_with(node)
             graph.erase_node(relu)
-        graph.erase_node(node)
-        fused._rename(name)
-        rewritten.append(fused)
+        rewritten.append(node)
     if rewritten:
         _contain_channels_last(graph, rewritten)
         graph.lint()
@@ -177,14 +167,14 @@ def _pair(value: Any) -> tuple[int, int]:
 
 
 def _contain_channels_last(graph: fx.Graph, sources: list[fx.Node]) -> None:
-    """Give every user outside `_LAYOUT_SAFE` of a value that may be channels_last (a source's,
-    or a layout-safe op's over one) a contiguous NCHW copy instead."""
+    """Give every layout-unsafe user of a value that may be channels_last (a source's, or a
+    layout-safe op's over one) a contiguous NCHW copy instead."""
     maybe = set(sources)
     for node in graph.nodes:
         inputs = [a for a in node.all_input_nodes if a in maybe]
         if not inputs or node.op == "output":
             continue
-        if node.op == "call_function" and node.target in _LAYOUT_SAFE:
+        if _layout_safe(node):
             maybe.add(node)
             continue
         for value in inputs:
