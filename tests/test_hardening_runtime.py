@@ -367,3 +367,33 @@ def test_pooling_with_a_stride_past_the_input_matches_caffe(tmp_path, pool, stri
     ctx = shape_context(module.caffe_graph, layer)
     want = layer.spec.reference(ctx, [x.numpy().astype(np.float64)], [])[0]
     np.testing.assert_allclose(module(x)["pool"].numpy(), want, rtol=1e-6)
+
+
+BIG_GEOMETRY = """name: "big"
+input: "data" input_shape { dim: 1 dim: 2 dim: 8 dim: 13 }
+layer { name: "conv" type: "Convolution" bottom: "data" top: "conv"
+  convolution_param { num_output: 2 kernel_size: 3 bias_term: false %s
+    weight_filler { type: "gaussian" std: 0.1 } } }
+layer { name: "relu" type: "ReLU" bottom: "conv" top: "conv" }
+"""
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+@pytest.mark.parametrize("geometry", ["stride: 2147483647", "pad: 2147483647 dilation: 2147483647"])
+def test_convolution_geometry_near_2_31_computes_instead_of_crashing(tmp_path, dtype, geometry):
+    """PyTorch's and oneDNN's 32-bit indexing crashed the process (not raised) on these (fuzz).
+
+    Caffe's answer is known in closed form: a stride past the input leaves only window 0; a pad
+    equal to the dilation leaves only the kernel's centre tap inside the input."""
+    module = protocaffe.load(write(tmp_path, BIG_GEOMETRY % geometry), device="cpu", dtype=dtype)
+    x = torch.rand(1, 2, 8, 13)
+    with torch.no_grad():
+        out = module(x)["conv"].float()
+    w = module.state_dict()["conv.weight"].float()
+    xq = x.to(getattr(torch, dtype)).float()
+    if geometry.startswith("stride"):
+        expected = (xq[:, :, :3, :3] * w[:, None]).sum((2, 3, 4)).reshape(1, 2, 1, 1)
+    else:
+        expected = torch.einsum("nchw,oc->nohw", xq, w[:, :, 1, 1])
+    tol = 1e-5 if dtype == "float32" else 3e-2
+    torch.testing.assert_close(out, expected.relu(), atol=tol, rtol=tol)

@@ -150,8 +150,17 @@ class _BaseConvolution(LayerDef):
             fn = (F.conv1d, F.conv2d, F.conv3d)[nsp - 1]
         weight = ctx.blob("weight")
         bias = ctx.blob("bias") if p.bias_term else None
+        stride = window.stride
+        if not self.deconv:
+            # A stride past the padded input (2^31 from a hostile file) leaves one window per
+            # axis, as the smallest such stride does; PyTorch's 32-bit indexing crashes on it.
+            spatial = ctx.bottom_shapes[0][axis + 1 :]
+            stride = tuple(
+                min(stride[i], max(1, spatial[i] + 2 * window.pad[i] - window.extent[i] + 1))
+                for i in range(nsp)
+            )
         kwargs = {
-            "stride": window.stride,
+            "stride": stride,
             "padding": window.pad,
             "dilation": window.dilation,
             "groups": p.group,

@@ -39,6 +39,20 @@ def _gemm_is_cheaper(x: torch.Tensor, weight: torch.Tensor, out_hw: int) -> bool
     return weight.numel() > activations
 
 
+def _int32_safe(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    stride: tuple[int, int],
+    padding: tuple[int, int],
+    dilation: tuple[int, int],
+) -> bool:
+    """oneDNN indexes in 32-bit ints and crashes (not raises) past them, e.g. on a pad or a
+    stride near 2^31 (found by fuzzing); such absurd geometry takes F.conv2d's checked path."""
+    extents = [x.shape[i + 2] + 2 * padding[i] for i in range(2)]
+    extents += [dilation[i] * (weight.shape[i + 2] - 1) + 1 for i in range(2)]
+    return max(*stride, *padding, *dilation) < 2**16 and max(extents) < 2**30
+
+
 def conv2d_inference(
     x: torch.Tensor,
     weight: torch.Tensor,
@@ -57,6 +71,7 @@ def conv2d_inference(
         and x.dtype == weight.dtype
         and x.dim() == 4
         and torch.backends.mkldnn.is_available()
+        and _int32_safe(x, weight, stride, padding, dilation)
     )
     if not fast:
         y = F.conv2d(x, weight, bias, stride, padding, dilation, groups)
