@@ -1,6 +1,7 @@
-"""Lazy imports of heavy modules (torch), so that parsing and compiling stay fast.
+"""Lazy imports of heavy modules (torch, numpy), so that parsing and compiling stay fast.
 
-`from protocaffe.lazy import torch, F` gives proxies that import on first attribute access.
+`from protocaffe.lazy import torch, F, np` gives proxies that import on first attribute access
+(numpy is only needed by the layers' `reference()` oracles and runtime helpers).
 """
 
 from __future__ import annotations
@@ -27,3 +28,4 @@ class LazyModule(ModuleType):
 
 torch: Any = LazyModule("torch")
 F: Any = LazyModule("torch.nn.functional")
+np: Any = LazyModule("numpy")

@@ -130,10 +130,11 @@ def test_phase_and_stage_flags(capsys, tmp_path):
     assert names(run(capsys, str(net), "--json", "--stage", "x")[1]) == ["data", "s"]
 
 
-def test_compile_does_not_import_torch():
+def test_compile_imports_neither_torch_nor_numpy():
+    # Both cost more than the compile itself on a cold CLI call (docs/benchmarks.md).
     code = (
-        "import sys; from protocaffe import cli; "
-        f"cli.main(['compile', {FCN8S!r}]); print('torch' in sys.modules)"
+        "import sys; from protocaffe import cli; cli.main(['compile', "
+        f"{FCN8S!r}]); print([m for m in ('torch', 'numpy') if m in sys.modules])"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert done.stdout.strip().endswith("False")
+    assert done.stdout.strip().splitlines()[-1] == "[]"

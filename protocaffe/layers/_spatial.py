@@ -20,11 +20,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NoReturn
 
-import numpy as np
-
 from protocaffe.diagnostics import Diagnostic
 from protocaffe.layers.base import Affine, LayerError, Shape, has_field, shape_str
-from protocaffe.lazy import F, torch
+from protocaffe.lazy import F, np, torch
 
 if TYPE_CHECKING:
     from torch import fx
@@ -33,7 +31,7 @@ if TYPE_CHECKING:
 
 FieldPath = tuple[str | int, ...]
 Fail = Callable[..., NoReturn]
-FLT_MAX = float(np.finfo(np.float32).max)
+FLT_MAX = 3.4028234663852886e38  # float(np.finfo(np.float32).max), spelled out: no numpy at import
 
 # Pooling methods, numbered as in caffe.proto (PoolingParameter.PoolMethod, SPPParameter too).
 MAX, AVE, STOCHASTIC = 0, 1, 2

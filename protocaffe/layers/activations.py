@@ -17,8 +17,6 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
-
 from protocaffe.layers.base import (
     BlobSpec,
     LayerDef,
@@ -29,7 +27,7 @@ from protocaffe.layers.base import (
     register,
     shape_str,
 )
-from protocaffe.lazy import F, torch
+from protocaffe.lazy import F, np, torch
 from protocaffe.proto import caffe_pb2
 from protocaffe.proto.schema import Field, extend
 

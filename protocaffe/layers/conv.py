@@ -11,8 +11,6 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING
 
-import numpy as np
-
 from protocaffe.layers._spatial import (
     Window,
     as_batch,
@@ -39,7 +37,7 @@ from protocaffe.layers.base import (
     register,
     shape_str,
 )
-from protocaffe.lazy import F
+from protocaffe.lazy import F, np
 
 if TYPE_CHECKING:
     from torch import fx

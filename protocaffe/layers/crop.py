@@ -10,9 +10,6 @@ from __future__ import annotations
 import operator
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
-
-from protocaffe.lazy import torch
 from protocaffe.layers.base import (
     Affine,
     LayerDef,
@@ -23,6 +20,7 @@ from protocaffe.layers.base import (
     register,
     shape_str,
 )
+from protocaffe.lazy import np, torch
 
 if TYPE_CHECKING:
     from torch import fx

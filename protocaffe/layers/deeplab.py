@@ -17,11 +17,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-import numpy as np
-
 from protocaffe.layers.base import LayerDef, LowerContext, Shape, ShapeContext, register, shape_str
 from protocaffe.layers.data import Guess, _Input, _template, resolve
-from protocaffe.lazy import F
+from protocaffe.lazy import F, np
 from protocaffe.proto.schema import Enum, Field, declare_message, extend
 
 if TYPE_CHECKING:

@@ -9,8 +9,6 @@ from __future__ import annotations
 from functools import reduce
 from typing import TYPE_CHECKING
 
-import numpy as np
-
 from protocaffe.layers.base import (
     LayerDef,
     LowerContext,
@@ -20,7 +18,7 @@ from protocaffe.layers.base import (
     register,
     shape_str,
 )
-from protocaffe.lazy import torch
+from protocaffe.lazy import np, torch
 from protocaffe.proto import caffe_pb2
 
 if TYPE_CHECKING:

@@ -13,7 +13,6 @@ are the module's inputs, fed by the caller (`run --input`).
 
 from __future__ import annotations
 
-from protocaffe.data import records
 from protocaffe.diagnostics import input_error
 from protocaffe.layers.base import Shape, ShapeContext, register
 from protocaffe.layers.data import Guess, _first_record, _Input, _positive, _template, resolve
@@ -21,6 +20,8 @@ from protocaffe.layers.data import Guess, _first_record, _Input, _positive, _tem
 
 def first_pair_image_shape(ctx: ShapeContext) -> Shape:
     """(C, H, W) of the first image listed in `source` (`image labelmap` per line)."""
+    from protocaffe.data import records  # pulls numpy: only when the shape is asked for
+
     p = ctx.param
     for line in records.read_text(p.source, "ImageLabelmapData source").splitlines():
         names = line.split()

@@ -10,8 +10,6 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING
 
-import numpy as np
-
 from protocaffe.layers._spatial import (
     Window,
     as_batch,
@@ -33,7 +31,7 @@ from protocaffe.layers.base import (
     register,
     shape_str,
 )
-from protocaffe.lazy import F, torch
+from protocaffe.lazy import F, np, torch
 
 if TYPE_CHECKING:
     from torch import fx

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-import numpy as np
-
 from protocaffe.layers.base import (
     BlobSpec,
     LayerDef,
@@ -20,7 +18,7 @@ from protocaffe.layers.base import (
     count,
     register,
 )
-from protocaffe.lazy import F, torch
+from protocaffe.lazy import F, np, torch
 
 if TYPE_CHECKING:
     from torch import fx

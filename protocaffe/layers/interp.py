@@ -13,10 +13,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
-
 from protocaffe.layers.base import LayerDef, LowerContext, Shape, ShapeContext, register, shape_str
-from protocaffe.lazy import F
+from protocaffe.lazy import F, np
 from protocaffe.proto.schema import Field, declare_message
 
 if TYPE_CHECKING:

@@ -14,11 +14,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-import numpy as np
-
 from protocaffe.layers._spatial import AVE, Window, pool2d_reference, pool_nodes
 from protocaffe.layers.base import LayerDef, Shape, ShapeContext, count, register, shape_str
-from protocaffe.lazy import F, torch
+from protocaffe.lazy import F, np, torch
 
 if TYPE_CHECKING:
     from torch import fx

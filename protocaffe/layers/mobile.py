@@ -18,8 +18,6 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
-
 from protocaffe.layers.activations import Pointwise
 from protocaffe.layers.base import (
     LayerDef,
@@ -32,7 +30,7 @@ from protocaffe.layers.base import (
     shape_str,
 )
 from protocaffe.layers.conv import _BaseConvolution
-from protocaffe.lazy import torch
+from protocaffe.lazy import np, torch
 from protocaffe.proto.schema import Field, declare_message, extend
 
 if TYPE_CHECKING:

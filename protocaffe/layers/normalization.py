@@ -11,8 +11,6 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
-
 from protocaffe.layers.activations import Pointwise, require_channel_axis
 from protocaffe.layers.base import (
     BlobSpec,
@@ -26,7 +24,7 @@ from protocaffe.layers.base import (
     register,
     shape_str,
 )
-from protocaffe.lazy import F, torch
+from protocaffe.lazy import F, np, torch
 from protocaffe.proto import caffe_pb2
 from protocaffe.proto.schema import Field, extend
 

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-import numpy as np
-
 from protocaffe.layers._spatial import (
     MAX,
     POOL_NAMES,
@@ -29,6 +27,7 @@ from protocaffe.layers.base import (
     register,
     shape_str,
 )
+from protocaffe.lazy import np
 from protocaffe.proto.schema import Field, extend
 
 if TYPE_CHECKING:

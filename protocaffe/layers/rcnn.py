@@ -35,11 +35,10 @@ import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
-
+from protocaffe.layers._spatial import FLT_MAX
 from protocaffe.layers.base import LayerDef, LowerContext, Shape, ShapeContext, register, shape_str
 from protocaffe.layers.data import native_python_layer
-from protocaffe.lazy import F, torch
+from protocaffe.lazy import F, np, torch
 from protocaffe.proto import caffe_pb2
 from protocaffe.proto.schema import Field, declare_message
 
@@ -73,8 +72,6 @@ declare_message(
     Field("nms_thresh", 8, "float", default=0.7),
     param="proposal_param",
 )
-
-FLT_MAX = float(np.finfo(np.float32).max)
 
 
 def c_round(x: Any) -> Any:

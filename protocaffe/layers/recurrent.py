@@ -33,8 +33,6 @@ from __future__ import annotations
 import operator
 from typing import TYPE_CHECKING, Any, ClassVar
 
-import numpy as np
-
 from protocaffe.layers.base import (
     BlobSpec,
     LayerDef,
@@ -45,7 +43,7 @@ from protocaffe.layers.base import (
     register,
     shape_str,
 )
-from protocaffe.lazy import torch
+from protocaffe.lazy import np, torch
 
 if TYPE_CHECKING:
     from torch import fx

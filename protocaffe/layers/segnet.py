@@ -28,8 +28,6 @@ from __future__ import annotations
 import operator
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
-
 from protocaffe.layers.base import (
     BlobSpec,
     LayerDef,
@@ -42,7 +40,7 @@ from protocaffe.layers.base import (
     shape_str,
 )
 from protocaffe.layers.data import Guess, _Input, _template, resolve
-from protocaffe.lazy import torch
+from protocaffe.lazy import np, torch
 from protocaffe.proto import caffe_pb2
 from protocaffe.proto.schema import Enum, Field, declare_message
 

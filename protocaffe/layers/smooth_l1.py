@@ -11,11 +11,9 @@ from __future__ import annotations
 import operator
 from typing import TYPE_CHECKING
 
-import numpy as np
-
 from protocaffe.layers.base import LayerDef, LowerContext, Shape, ShapeContext, register, shape_str
 from protocaffe.layers.structural import legacy_dim
-from protocaffe.lazy import torch
+from protocaffe.lazy import np, torch
 from protocaffe.proto.schema import Field, declare_message
 
 if TYPE_CHECKING:

@@ -6,8 +6,6 @@ import math
 import operator
 from typing import TYPE_CHECKING
 
-import numpy as np
-
 from protocaffe.layers.base import (
     LayerDef,
     LowerContext,
@@ -19,7 +17,7 @@ from protocaffe.layers.base import (
     register,
     shape_str,
 )
-from protocaffe.lazy import F, torch
+from protocaffe.lazy import F, np, torch
 from protocaffe.proto import caffe_pb2
 
 if TYPE_CHECKING:

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-import numpy as np
-
 from protocaffe.layers._spatial import (
     POOL_NAMES,
     STOCHASTIC,
@@ -21,7 +19,7 @@ from protocaffe.layers._spatial import (
     pool_out,
 )
 from protocaffe.layers.base import LayerDef, Shape, ShapeContext, register, shape_str
-from protocaffe.lazy import torch
+from protocaffe.lazy import np, torch
 
 if TYPE_CHECKING:
     from torch import fx

@@ -21,8 +21,6 @@ import math
 from dataclasses import astuple, dataclass
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
-
 from protocaffe.layers.base import (
     BlobSpec,
     LayerDef,
@@ -35,7 +33,7 @@ from protocaffe.layers.base import (
     shape_str,
 )
 from protocaffe.layers.ignored import IGNORED  # noqa: F401  (declares ResizeParameter first)
-from protocaffe.lazy import torch
+from protocaffe.lazy import np, torch
 from protocaffe.proto import caffe_pb2
 from protocaffe.proto.schema import Enum, Field, declare_message
 

@@ -36,8 +36,6 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
-
 from protocaffe.diagnostics import CompileError, Diagnostic
 
 # ssd.py declares PriorBoxParameter (CodeType) and NonMaximumSuppressionParameter, and
@@ -55,7 +53,7 @@ from protocaffe.layers.base import (
 from protocaffe.layers.data import Guess, _first_record, _Input, _positive, _template, resolve
 from protocaffe.layers.losses import FLT_MIN, normalization, normalizer
 from protocaffe.layers.structural import legacy_dim
-from protocaffe.lazy import torch
+from protocaffe.lazy import np, torch
 from protocaffe.proto.schema import Enum, Field, declare_message
 
 if TYPE_CHECKING:
