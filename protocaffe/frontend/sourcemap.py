@@ -36,9 +36,11 @@ class SourceMap:
     def remap(self, mapping: dict[FieldPath, FieldPath]) -> SourceMap:
         """A new map with path prefixes renamed (used by the legacy-format upgrade)."""
         out = SourceMap(self.source)
+        # Only prefixes as long as some key can match: one lookup per path, not one per prefix.
+        lengths = sorted({len(key) for key in mapping if key}, reverse=True)
         for table, new_table in ((self.spans, out.spans), (self.names, out.names)):
             for path, span in table.items():
-                new_table[_rename(path, mapping)] = span
+                new_table[_rename(path, mapping, lengths)] = span
         return out
 
     def subtree(self, prefix: FieldPath) -> SourceMap:
@@ -62,9 +64,10 @@ class SourceMap:
         return out
 
 
-def _rename(path: FieldPath, mapping: dict[FieldPath, FieldPath]) -> FieldPath:
-    for end in range(len(path), 0, -1):
-        target = mapping.get(path[:end])
+def _rename(path: FieldPath, mapping: dict[FieldPath, FieldPath], lengths: list[int]) -> FieldPath:
+    """`path` with its longest prefix in `mapping` (of one of `lengths`, longest first) renamed."""
+    for end in lengths:
+        target = mapping.get(path[:end]) if end <= len(path) else None
         if target is not None:
             return target + path[end:]
     return path

@@ -32,7 +32,9 @@ Usage (see docs/ARCHITECTURE.md, "Adding a layer type"):
 from __future__ import annotations
 
 import zlib
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any
 
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
@@ -100,6 +102,8 @@ class Enum:
 
 _POOL = descriptor_pool.Default()
 _EXTENSIONS: dict[str, dict[str, FieldDescriptor]] = {}  # extendee full name -> name -> fd
+# fields_by_name's answers (a compile asks thousands of times); emptied by each extension
+_FIELDS: dict[str, Mapping[str, FieldDescriptor]] = {}
 _CLASSES: dict[str, type] = {}  # declared message name -> class
 # Evidence for choosing a dialect: fork construct (see `construct_name`) -> the dialects
 # whose declarations say they define it.
@@ -118,13 +122,15 @@ def message_class(name: str) -> Any:
     return _CLASSES.get(name) or getattr(caffe_pb2, name)
 
 
-def fields_by_name(descriptor: Descriptor) -> dict[str, FieldDescriptor]:
-    """`descriptor`'s fields by name, with the fork fields declared for it."""
+def fields_by_name(descriptor: Descriptor) -> Mapping[str, FieldDescriptor]:
+    """`descriptor`'s fields by name, with the fork fields declared for it (read-only)."""
     _load_declarations()
-    extra = _EXTENSIONS.get(descriptor.full_name)
-    if not extra:
-        return dict(descriptor.fields_by_name)
-    return {**descriptor.fields_by_name, **extra}
+    fields = _FIELDS.get(descriptor.full_name)
+    if fields is None:
+        extra = _EXTENSIONS.get(descriptor.full_name, {})
+        fields = MappingProxyType({**descriptor.fields_by_name, **extra})
+        _FIELDS[descriptor.full_name] = fields
+    return fields
 
 
 def _load_declarations() -> None:
@@ -284,6 +290,7 @@ def _attach(extendee: str, fd: FieldDescriptor) -> None:
     (upb messages refuse attribute assignment to non-fields: use `set_field`)."""
     cls = message_class(extendee)
     _EXTENSIONS.setdefault(cls.DESCRIPTOR.full_name, {})[fd.name] = fd
+    _FIELDS.pop(cls.DESCRIPTOR.full_name, None)
     setattr(cls, fd.name, property(lambda self, fd=fd: self.Extensions[fd]))
 
 
