@@ -129,3 +129,11 @@ def test_internal_errors_are_one_line_not_a_traceback(monkeypatch, capsys):
     monkeypatch.setenv("PROTOCAFFE_TRACEBACK", "1")
     with pytest.raises(RuntimeError, match="boom"):
         cli.main(["fmt", "x.prototxt"])
+
+
+@pytest.mark.parametrize("argv", [["train", ""], ["train", "--solver", ""]])
+def test_an_empty_solver_path_is_an_input_error(argv, capsys):
+    """Found by the fuzz suite: '' was taken for "no solver given" and crashed."""
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert "internal error" not in err and "error:" in err

@@ -72,7 +72,7 @@ def run(args: argparse.Namespace) -> int:
 
     if (args.solver is None) == (args.solver_flag is None):
         raise UsageError("give the solver once: SOLVER or --solver SOLVER")
-    path = args.solver or args.solver_flag
+    path = args.solver if args.solver is not None else args.solver_flag
     if args.log is not None:
         check_output_path(args.log, "--log")  # before any work, like every output path
     try:
