@@ -19,7 +19,14 @@ private extension number (text files read it by name; binaries keep only names a
 from __future__ import annotations
 
 from protocaffe.layers.base import LayerDef, Shape, ShapeContext, register, shape_str
-from protocaffe.layers.data import Guess, _Input, _positive, _template, resolve
+from protocaffe.layers.data import (
+    Guess,
+    _Input,
+    _positive,
+    _template,
+    check_resize_pair,
+    resolve,
+)
 from protocaffe.proto.schema import Field, declare_message
 
 _FORK = ("colorization",)
@@ -54,12 +61,7 @@ class ImageDataModify(_Input):
 
     def shapes(self, ctx: ShapeContext) -> list[Shape]:
         p = ctx.param
-        if (p.new_height > 0) != (p.new_width > 0):
-            ctx.fail(
-                "new_height and new_width must be set together "
-                f"(got new_height {p.new_height}, new_width {p.new_width})",
-                "new_height" if p.new_height else "new_width",
-            )
+        check_resize_pair(ctx)
         n, c = p.batch_size, 3 if p.is_color else 1
         if not all(t in ctx.overrides for t in ctx.layer.tops):
             _positive(n, ctx, "batch_size", "batch_size")

@@ -155,6 +155,17 @@ def _first_datum(ctx: ShapeContext) -> Shape:
     return records.decode_datum(value, where, t.force_color, t.force_gray)[0].shape
 
 
+def check_resize_pair(ctx: ShapeContext) -> None:
+    """Image readers' new_height/new_width: both set (resize) or neither (keep the size)."""
+    p = ctx.param
+    if (p.new_height > 0) != (p.new_width > 0):
+        ctx.fail(
+            "new_height and new_width must be set together "
+            f"(got new_height {p.new_height}, new_width {p.new_width})",
+            "new_height" if p.new_height else "new_width",
+        )
+
+
 @register
 class ImageData(_Input):
     """Images listed in a text file; known when crop_size or new_height/new_width is set."""
@@ -165,12 +176,7 @@ class ImageData(_Input):
 
     def shapes(self, ctx: ShapeContext) -> list[Shape]:
         p = ctx.param
-        if (p.new_height > 0) != (p.new_width > 0):
-            ctx.fail(
-                "new_height and new_width must be set together "
-                f"(got new_height {p.new_height}, new_width {p.new_width})",
-                "new_height" if p.new_height else "new_width",
-            )
+        check_resize_pair(ctx)
         n, c, crop = p.batch_size, 3 if p.is_color else 1, _crop(ctx)
         h, w = (crop, crop) if crop else (p.new_height, p.new_width)
         if h <= 0:

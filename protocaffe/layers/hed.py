@@ -15,7 +15,15 @@ from __future__ import annotations
 
 from protocaffe.diagnostics import input_error
 from protocaffe.layers.base import Shape, ShapeContext, register
-from protocaffe.layers.data import Guess, _first_record, _Input, _positive, _template, resolve
+from protocaffe.layers.data import (
+    Guess,
+    _first_record,
+    _Input,
+    _positive,
+    _template,
+    check_resize_pair,
+    resolve,
+)
 
 
 def first_pair_image_shape(ctx: ShapeContext) -> Shape:
@@ -42,12 +50,7 @@ class ImageLabelmapData(_Input):
 
     def shapes(self, ctx: ShapeContext) -> list[Shape]:
         p = ctx.param
-        if (p.new_height > 0) != (p.new_width > 0):
-            ctx.fail(
-                "new_height and new_width must be set together "
-                f"(got new_height {p.new_height}, new_width {p.new_width})",
-                "new_height" if p.new_height else "new_width",
-            )
+        check_resize_pair(ctx)
         n, c = p.batch_size, 3 if p.is_color else 1
         crop = ctx.layer.proto.transform_param.crop_size
         h, w = (crop, crop) if crop else (p.new_height, p.new_width)
