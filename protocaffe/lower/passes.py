@@ -30,6 +30,8 @@ import torch
 import torch.nn.functional as F
 from torch import fx
 
+from protocaffe.layers._spatial import conv_out
+
 _FAST_DTYPES = (torch.float32, torch.bfloat16)
 
 
@@ -49,8 +51,26 @@ def _int32_safe(
     """oneDNN indexes in 32-bit ints and crashes (not raises) past them, e.g. on a pad or a
     stride near 2^31 (found by fuzzing); such absurd geometry takes F.conv2d's checked path."""
     extents = [x.shape[i + 2] + 2 * padding[i] for i in range(2)]
-    extents += [dilation[i] * (weight.shape[i + 2] - 1) + 1 for i in range(2)]
+    extents += _dilated_kernel(weight, dilation)
     return max(*stride, *padding, *dilation) < 2**16 and max(extents) < 2**30
+
+
+def _dilated_kernel(weight: torch.Tensor, dilation: tuple[int, int]) -> list[int]:
+    return [dilation[i] * (weight.shape[i + 2] - 1) + 1 for i in range(2)]
+
+
+def _plain_conv2d(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    stride: tuple[int, int],
+    padding: tuple[int, int],
+    dilation: tuple[int, int],
+    groups: int,
+    relu: bool,
+) -> torch.Tensor:
+    y = F.conv2d(x, weight, bias, stride, padding, dilation, groups)
+    return F.relu(y, inplace=True) if relu else y
 
 
 def conv2d_inference(
@@ -74,18 +94,15 @@ def conv2d_inference(
         and _int32_safe(x, weight, stride, padding, dilation)
     )
     if not fast:
-        y = F.conv2d(x, weight, bias, stride, padding, dilation, groups)
-        return F.relu(y, inplace=True) if relu else y
-    kh, kw = weight.shape[2:]
-    oh = (x.shape[2] + 2 * padding[0] - dilation[0] * (kh - 1) - 1) // stride[0] + 1
-    ow = (x.shape[3] + 2 * padding[1] - dilation[1] * (kw - 1) - 1) // stride[1] + 1
+        return _plain_conv2d(x, weight, bias, stride, padding, dilation, groups, relu)
+    extent = _dilated_kernel(weight, dilation)
+    oh, ow = (conv_out(x.shape[i + 2], extent[i], stride[i], padding[i]) for i in range(2))
     if groups == 1 and _gemm_is_cheaper(x, weight, oh * ow):
         return _conv2d_gemm(x, weight, bias, stride, padding, dilation, relu, (oh, ow))
     x = x.contiguous(memory_format=torch.channels_last)
     if torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad):
         # The same oneDNN kernel (the same bits) through the op autograd knows.
-        y = F.conv2d(x, weight, bias, stride, padding, dilation, groups)
-        return F.relu(y, inplace=True) if relu else y
+        return _plain_conv2d(x, weight, bias, stride, padding, dilation, groups, relu)
     return torch.ops.mkldnn._convolution_pointwise(
         x, weight, bias, padding, stride, dilation, groups, "relu" if relu else "none", [], ""
     )
