@@ -101,17 +101,36 @@ class _Lexer(Lexer):
 
     lark's own basic lexer does the same job at about 2.5x the cost per token; parsing speed is
     dominated by per-token Python work, so this matters (see benchmarks/bench_parse.py).
+
+    While `_folding` is set (parse_text's first try), each run of one-line `name: value`
+    fields becomes one SCALARS token (see prototxt.lark), so lark's loop sees a few tokens per
+    layer, not three per field. A field is folded only where the plain tokens are exactly NAME
+    COLON value (no fused key or value, no adjacent string after it): both token streams give
+    the same tree, and every error is reported from a plain re-parse.
     """
 
     def __init__(self, conf: LexerConf):
-        groups = [f"(?P<{t.name}>{t.pattern.to_regexp()})" for t in conf.terminals]
-        self.regex = re.compile("|".join([*groups, r"(?P<_BAD>[\s\S])"]))
+        terminals = {t.name: t.pattern.to_regexp() for t in conf.terminals}
+        groups = [f"(?P<{name}>{regexp})" for name, regexp in terminals.items()]
+        bad = r"(?P<_BAD>[\s\S])"
+        self.regex = re.compile("|".join([*groups, bad]))
+        value = "|".join(terminals[name] for name in ("NUMBER", "NAME", "STRING"))
+        scalar = (
+            f"(?P<SCALAR>(?P<KEY>{terminals['NAME']})[ \\t]*(?P<SEP>:)[ \\t]*(?P<VALUE>{value}))"
+        )
+        self.folding_regex = re.compile("|".join([scalar, *groups, bad]))
         self.ignore = frozenset(conf.ignore)
 
     def lex(self, text: str, *_: Any) -> Iterator[Tok]:  # type: ignore[override]
-        line, line_start = 1, 0
+        if _folding.get():
+            return self._lex_folding(text)
+        return self._lex_plain(text, 0, len(text), 1, 0)
+
+    def _lex_plain(
+        self, text: str, pos: int, endpos: int, line: int, line_start: int
+    ) -> Iterator[Tok]:
         ignore = self.ignore
-        for m in self.regex.finditer(text):
+        for m in self.regex.finditer(text, pos, endpos):
             kind = m.lastgroup
             if kind in ignore:
                 value = m.group()
@@ -123,19 +142,91 @@ class _Lexer(Lexer):
             start = m.start()
             if kind == "_BAD":
                 raise LexError(text, start, line, start - line_start + 1)
-            value = m.group()
-            column = start - line_start + 1
-            # Cheap tests first (this runs for every token): a plain integer, or a name that
-            # starts neither like true/false nor like an enum value (upper case), is whole.
-            fusable = not value.isdigit() if kind == "NUMBER" else value[0] in _NAME_VALUE_STARTS
-            if fusable and _field_follows(text, m.end()):
-                fused = fused_value(value, line, column)
-                if fused is not None:
-                    at = fused.cut
-                    yield Tok(kind, value[:at], start, line, column)  # type: ignore[arg-type]
-                    yield Tok("NAME", value[at:], start + at, line, column + at)
+            yield from _tokens(text, kind, m.group(), start, m.end(), line, start - line_start + 1)
+
+    def _lex_folding(self, text: str) -> Iterator[Tok]:
+        line, line_start = 1, 0
+        ignore = self.ignore
+        names = _known_field_names()
+        run: list[tuple[Tok, Tok, Any]] = []  # the fields folded since the last other token
+        for m in self.folding_regex.finditer(text):
+            kind = m.lastgroup
+            if kind in ignore:
+                value = m.group()
+                newlines = value.count("\n")
+                if newlines:
+                    line += newlines
+                    line_start = m.start() + value.rindex("\n") + 1
+                continue
+            start = m.start()
+            if kind == "SCALAR":
+                key, value = m.group("KEY", "VALUE")
+                first = value[0]
+                if first == '"' or first == "'":
+                    kind, fusable = "STRING", False
+                elif first in _NAME_STARTS:
+                    kind, fusable = "NAME", first in _NAME_VALUE_STARTS
+                else:
+                    kind, fusable = "NUMBER", not value.isdigit()
+                if (fusable and _field_follows(text, m.end())) or (
+                    key[0] in _NAME_VALUE_STARTS and key not in names
+                ):
+                    # The key or the value may be a fused one: the plain tokens split it.
+                    if run:
+                        yield _scalars(run)
+                        run = []
+                    yield from self._lex_plain(text, start, m.end(), line, line_start)
                     continue
-            yield Tok(kind, value, start, line, column)  # type: ignore[arg-type]
+                at, colon = m.start("VALUE"), m.start("SEP")
+                item = Tok(kind, value, at, line, at - line_start + 1)
+                run.append(
+                    (
+                        Tok("NAME", key, start, line, start - line_start + 1),
+                        Tok("COLON", ":", colon, line, colon - line_start + 1),
+                        [item] if kind == "STRING" else item,
+                    )
+                )
+                continue
+            if run:
+                if kind == "STRING" and run[-1][2].__class__ is list:
+                    # An adjacent string continues the last value: that field is not folded.
+                    unfolded = run.pop()
+                    if run:
+                        yield _scalars(run)
+                    yield from unfolded[:2]
+                    yield unfolded[2][0]
+                else:
+                    yield _scalars(run)
+                run = []
+            if kind == "_BAD":
+                raise LexError(text, start, line, start - line_start + 1)
+            yield from _tokens(text, kind, m.group(), start, m.end(), line, start - line_start + 1)
+        if run:
+            yield _scalars(run)
+
+
+def _tokens(
+    text: str, kind: Any, value: str, start: int, end: int, line: int, column: int
+) -> tuple[Tok, ...]:
+    """The token for one match: two where it is a value run into a field name."""
+    # Cheap tests first (this runs for every token): a plain integer, or a name that starts
+    # neither like true/false nor like an enum value (upper case), is whole.
+    fusable = not value.isdigit() if kind == "NUMBER" else value[0] in _NAME_VALUE_STARTS
+    if fusable and _field_follows(text, end):
+        fused = fused_value(value, line, column)
+        if fused is not None:
+            at = fused.cut
+            return (
+                Tok(kind, value[:at], start, line, column),
+                Tok("NAME", value[at:], start + at, line, column + at),
+            )
+    return (Tok(kind, value, start, line, column),)
+
+
+def _scalars(run: list[tuple[Tok, Tok, Any]]) -> Tok:
+    """The SCALARS token of folded fields: its value is their field tuples."""
+    first = run[0][0]
+    return Tok("SCALARS", run, first.start_pos, first.line, first.column)  # type: ignore[arg-type]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -147,6 +238,7 @@ class _Lexer(Lexer):
 
 _BOOL_WORDS = ("true", "false", "True", "False")
 _NAME_VALUE_STARTS = frozenset("tfABCDEFGHIJKLMNOPQRSTUVWXYZ")
+_NAME_STARTS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ_")
 _FIELD_NAME = re.compile(r"[a-zA-Z_][0-9a-zA-Z_]*")
 _NUMBER_PREFIX = re.compile(r"[+\-]?(?:[0-9]|\.[0-9])[0-9a-fA-FxX.+\-]*")
 _WS = re.compile(r"\s*")
@@ -172,6 +264,8 @@ class FusedValue:
 _fused_seen: ContextVar[dict[tuple[int, int], FusedValue] | None] = ContextVar(
     "fused_seen", default=None
 )
+# Whether the lexer folds runs of scalar fields (parse_text's first try; see `_Lexer`).
+_folding: ContextVar[bool] = ContextVar("folding", default=False)
 
 
 def _field_follows(text: str, end: int) -> bool:
@@ -264,6 +358,11 @@ class _Callbacks:
     @staticmethod
     def field(c: list) -> tuple:
         return (c[0], c[1], c[2])
+
+    @staticmethod
+    def scalars(c: list) -> list:
+        c[0].extend(c[1].value)
+        return c[0]
 
     @staticmethod
     def string(c: list) -> list:
@@ -648,6 +747,7 @@ class _Builder:
         counts: dict[str, int] = {}  # repeated fields -> next index
         pending: dict[str, list] = {}  # repeated scalars, extended in one call at the end
         span = self.span
+        source = self.source
         for name_tok, colon, value in fields:
             name = name_tok.value
             plan = plans.get(name)
@@ -676,8 +776,11 @@ class _Builder:
                     f"expected ':' after '{name}'", name_tok, hint=f"write '{name}: {shown}'"
                 )
                 continue
-            name_span = span(name_tok, name_tok)
-            whole = span(name_tok, _end_of(value))
+            # The spans of the name and of the whole field (Span(...) inlined: one per field).
+            line, column = name_tok.line, name_tok.column
+            name_span = Span(source, line, column, line, column + len(name))
+            last = _end_of(value)
+            whole = Span(source, line, column, last.line, last.column + len(last.value))
             field_path = (*path, name)
             if not plan.repeated:
                 first = seen.get(name)
@@ -698,12 +801,16 @@ class _Builder:
                     sub = getattr(msg, name)
                     sub.SetInParent()
                     self.fill(sub, value[1], field_path)
+                    continue
+                converted = self.convert(plan, value)
+                if converted is _FAILED:
+                    continue
+                if converted.__class__ is ForkValue:
+                    schema.set_field(msg, converted.field, converted.value)
+                elif plan.fd.is_extension:
+                    msg.Extensions[plan.fd] = converted  # type: ignore[index]
                 else:
-                    converted = self.convert(plan, value)
-                    if converted.__class__ is ForkValue:
-                        schema.set_field(msg, converted.field, converted.value)
-                    elif converted is not _FAILED:
-                        schema.set_field(msg, name, converted)
+                    setattr(msg, name, converted)
                 continue
             # Repeated: every element gets its own path; the bare field path names the first.
             if field_path not in spans:
@@ -1071,9 +1178,14 @@ def parse_text(
     fused: dict[tuple[int, int], FusedValue] = {}
     reset = _fused_seen.set(fused)
     try:
-        tree = parse_tree(text)
+        folding = _folding.set(True)
+        try:
+            tree = parse_tree(text)
+        finally:
+            _folding.reset(folding)
         syntax: list[Diagnostic] = []
     except (LexError, UnexpectedInput):  # the slow path: recover, then check the good parts
+        fused.clear()  # what the plain re-parse finds, in its order
         tree, syntax = parse_tree_recovering(text, source, cls)
     finally:
         _fused_seen.reset(reset)
