@@ -115,3 +115,34 @@ def test_compiled_net_matches_eager_across_shapes(net_file):
         for shape in [(1, 3, 20, 20), (2, 3, 14, 18)]:
             x = torch.randn(*shape)
             torch.testing.assert_close(compiled(x)["score"], eager(x)["score"])
+
+
+def test_compiled_net_compiles_once_more_for_every_later_size(net_file):
+    """An FCN's code reads every size from its inputs: new sizes reuse the compiled module
+    (one recompile with symbolic sizes), where a net whose code fixes a size (global pooling)
+    compiles a variant of its own."""
+    from torch._dynamo.testing import CompileCounter
+
+    eager = protocaffe.load(net_file, device="cpu", seed=5)
+    net = protocaffe.load(net_file, device="cpu", seed=5)
+    counter = CompileCounter()
+    torch._dynamo.reset()
+    net.compile(backend=counter)
+    # The first size, one graph with symbolic height and width, then one with a symbolic batch
+    # too (Dynamo specialises a size of 1).
+    for shape, graphs in [((1, 3, 20, 20), 1), ((1, 3, 24, 24), 2), ((1, 3, 28, 31), 2),
+                          ((2, 3, 17, 22), 3), ((3, 3, 30, 19), 3)]:  # fmt: skip
+        x = torch.randn(*shape)
+        with torch.no_grad():
+            assert torch.equal(net(x)["score"], eager(x)["score"])
+        assert net.reshaped([shape])._compiled_call_impl is net._compiled_call_impl
+        assert counter.frame_count == graphs
+
+    text = MINI_FCN.replace("pool: MAX kernel_size: 3 stride: 2", "pool: AVE global_pooling: true")
+    pooled = net_file.with_name("global.prototxt")
+    pooled.write_text(text.split('layer { name: "up"')[0])
+    net = protocaffe.load(pooled, device="cpu", seed=5)
+    net.compile(backend="eager")
+    variant = net.reshaped([(1, 3, 16, 16)])
+    assert not variant.runs_as(net)
+    assert variant._compiled_call_impl is not net._compiled_call_impl

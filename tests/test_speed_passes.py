@@ -172,16 +172,37 @@ def test_gemm_path_has_gradients() -> None:
     torch.testing.assert_close(wf.grad.double(), w64.grad, rtol=1e-4, atol=1e-5)
 
 
-def test_compiler_tracing_sees_plain_ops() -> None:
-    """torch.compile / torch.export trace `F.conv2d` (their own passes fuse and pre-pack)."""
+def test_compiler_tracing_keeps_the_fast_convolution_as_one_op() -> None:
+    """torch.compile captures each fast convolution as the opaque `protocaffe::conv2d_cpu`
+    (no graph break, no F.conv2d left) and computes the same values."""
     import torch._dynamo
 
     _, fast = _modules()
+    graphs = []
+
+    def capture(gm, _inputs):
+        graphs.append(gm)
+        return gm.forward
+
     torch._dynamo.reset()
-    compiled = torch.compile(fast.forward, backend="eager", fullgraph=True)  # no graph break
+    compiled = torch.compile(fast.forward, backend=capture, fullgraph=True)  # no graph break
     x = torch.randn(2, 3, 10, 10)
     with torch.no_grad():
         want = fast(x)
         got = compiled({"data": x})
+    targets = [n.target for n in graphs[0].graph.nodes if n.op == "call_function"]
+    assert targets.count(torch.ops.protocaffe.conv2d_cpu) == 2
+    assert F.conv2d not in targets
     for key in want:
-        torch.testing.assert_close(got[key], want[key], rtol=1e-5, atol=1e-5)
+        assert torch.equal(got[key], want[key])
+
+
+def test_export_traces_portable_convolutions() -> None:
+    """torch.export (and so ONNX) sees aten convolutions, not protocaffe's own op."""
+    _, fast = _modules()
+    x = torch.randn(2, 3, 10, 10)
+    with torch.no_grad():
+        program = torch.export.export(fast, ({"data": x},))
+    targets = {str(n.target) for n in program.graph.nodes if n.op == "call_function"}
+    assert "aten.conv2d.default" in targets or "aten.convolution.default" in targets
+    assert not any("protocaffe" in t for t in targets)

@@ -492,7 +492,13 @@ def reshape_module(module: CaffeModule, input_shapes: dict[str, tuple[int, ...]]
     sharing = {(new_of[old], blob): owner for (old, blob), owner in module._sharing.items()}
     variant = assemble(graph, module, attrs, sharing, list(module.output_names), module.fast_cpu)
     variant.train(module.training)
-    if getattr(module, "_compiled_call_impl", None) is not None:
+    compiled = getattr(module, "_compiled_call_impl", None)
+    if compiled is not None and variant.runs_as(module):
+        # The compiled module itself takes the new sizes: Dynamo recompiles once with
+        # symbolic sizes, and that code then serves every later size.
+        variant.__dict__["_freezing"] = module.__dict__.get("_freezing")
+        variant._compiled_call_impl = compiled
+    elif compiled is not None:
         variant.compile()
     return variant
 

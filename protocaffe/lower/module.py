@@ -33,6 +33,16 @@ if TYPE_CHECKING:
     from protocaffe.ir.graph import Graph, Layer
 
 
+def _tensors(module: torch.nn.Module) -> dict[str, int]:
+    """Every tensor `module`'s code can reach, by name, as identities."""
+    named = itertools.chain(
+        module.named_parameters(remove_duplicate=False),
+        module.named_buffers(remove_duplicate=False),
+        ((k, v) for k, v in vars(module).items() if isinstance(v, torch.Tensor)),
+    )
+    return {name: id(t) for name, t in named}
+
+
 class LayerBlobs(torch.nn.Module):
     """The stored blobs of one Caffe layer (parameters, or buffers for statistics)."""
 
@@ -102,14 +112,21 @@ class CaffeModule(fx.GraphModule):
         return variant
 
     def compile(self, *args: Any, **kwargs: Any) -> None:
-        """torch.compile in place. Without arguments, an inference (eval) module on the CPU
-        compiles with inductor freezing: weights become constants and oneDNN pre-packs the
-        convolutions once, which is what makes the CPU forward beat OpenCV's. Frozen weights
-        are not re-read, so re-load the module after changing them."""
+        """torch.compile in place. Without arguments, a TEST module keeps the fast CPU path's
+        convolutions (lower/passes.py) as one opaque op each and lets inductor fuse the rest,
+        so inductor's on-disk cache (TORCHINDUCTOR_CACHE_DIR) serves the next process. With
+        `fast_cpu=False`, an inference module on the CPU compiles with inductor freezing
+        instead: weights become constants that oneDNN pre-packs, which no cache can store, and
+        frozen weights are not re-read, so re-load the module after changing them."""
         self.__dict__["_freezing"] = (
-            not args and not kwargs and not self.training and self._on_cpu()
+            not args and not kwargs and not self.fast_cpu and not self.training and self._on_cpu()
         )
         super().compile(*args, **kwargs)
+
+    def runs_as(self, other: CaffeModule) -> bool:
+        """The same code on the same tensors: `other` computes what this module computes (a
+        re-specialised variant whose code reads every size from its inputs, as FCN's do)."""
+        return self.code == other.code and _tensors(self) == _tensors(other)
 
     def _on_cpu(self) -> bool:
         tensor = self._reference_tensor()

@@ -33,6 +33,7 @@ from torch import fx
 from protocaffe.layers._spatial import conv_out
 
 _FAST_DTYPES = (torch.float32, torch.bfloat16)
+_HAS_ONEDNN = torch.backends.mkldnn.is_available()  # read once: compilers cannot trace it
 
 
 def _gemm_is_cheaper(x: torch.Tensor, weight: torch.Tensor, out_hw: int) -> bool:
@@ -85,27 +86,92 @@ def conv2d_inference(
 ) -> torch.Tensor:
     """Caffe's Convolution (+ ReLU with negative_slope 0) for inference; see the module doc."""
     fast = (
-        not torch.compiler.is_compiling()  # inductor/export see the plain ops
+        not torch.compiler.is_exporting()  # an exported program holds portable ops only
         and x.device.type == "cpu"
         and x.dtype in _FAST_DTYPES
         and x.dtype == weight.dtype
         and x.dim() == 4
-        and torch.backends.mkldnn.is_available()
+        and _HAS_ONEDNN
         and _int32_safe(x, weight, stride, padding, dilation)
     )
     if not fast:
         return _plain_conv2d(x, weight, bias, stride, padding, dilation, groups, relu)
-    extent = _dilated_kernel(weight, dilation)
-    oh, ow = (conv_out(x.shape[i + 2], extent[i], stride[i], padding[i]) for i in range(2))
-    if groups == 1 and _gemm_is_cheaper(x, weight, oh * ow):
-        return _conv2d_gemm(x, weight, bias, stride, padding, dilation, relu, (oh, ow))
-    x = x.contiguous(memory_format=torch.channels_last)
     if torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad):
         # The same oneDNN kernel (the same bits) through the op autograd knows.
+        x = x.contiguous(memory_format=torch.channels_last)
         return _plain_conv2d(x, weight, bias, stride, padding, dilation, groups, relu)
+    if torch.compiler.is_compiling():  # one opaque op: inductor neither re-lowers nor freezes it
+        return torch.ops.protocaffe.conv2d_cpu(
+            x, weight, bias, list(stride), list(padding), list(dilation), groups, relu
+        )
+    return _conv2d_cpu(x, weight, bias, stride, padding, dilation, groups, relu)
+
+
+def _conv2d_cpu(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    stride: tuple[int, int],
+    padding: tuple[int, int],
+    dilation: tuple[int, int],
+    groups: int,
+    relu: bool,
+) -> torch.Tensor:
+    """The no-autograd CPU kernels: im2col + GEMM where it is cheaper, else fused oneDNN."""
+    out_hw = _out_hw(x, weight, stride, padding, dilation)
+    if groups == 1 and _gemm_is_cheaper(x, weight, out_hw[0] * out_hw[1]):
+        return _conv2d_gemm(x, weight, bias, stride, padding, dilation, relu, out_hw)
+    x = x.contiguous(memory_format=torch.channels_last)
     return torch.ops.mkldnn._convolution_pointwise(
         x, weight, bias, padding, stride, dilation, groups, "relu" if relu else "none", [], ""
     )
+
+
+def _out_hw(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    stride: tuple[int, int],
+    padding: tuple[int, int],
+    dilation: tuple[int, int],
+) -> tuple[int, int]:
+    extent = _dilated_kernel(weight, dilation)
+    oh, ow = (conv_out(x.shape[i + 2], extent[i], stride[i], padding[i]) for i in range(2))
+    return oh, ow
+
+
+@torch.library.custom_op("protocaffe::conv2d_cpu", mutates_args=())
+def _conv2d_cpu_op(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    stride: list[int],
+    padding: list[int],
+    dilation: list[int],
+    groups: int,
+    relu: bool,
+) -> torch.Tensor:
+    return _conv2d_cpu(
+        x, weight, bias, _pair(stride), _pair(padding), _pair(dilation), groups, relu
+    )
+
+
+@_conv2d_cpu_op.register_fake
+def _(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    stride: list[int],
+    padding: list[int],
+    dilation: list[int],
+    groups: int,
+    relu: bool,
+) -> torch.Tensor:
+    # The same shape and memory layout the kernel returns (the choice depends on shapes only).
+    out_hw = _out_hw(x, weight, stride, padding, dilation)
+    shape = (x.shape[0], weight.shape[0], *out_hw)
+    if groups == 1 and _gemm_is_cheaper(x, weight, out_hw[0] * out_hw[1]):
+        return x.new_empty(shape)
+    return x.new_empty(shape).contiguous(memory_format=torch.channels_last)
 
 
 def _conv2d_gemm(
@@ -141,10 +207,15 @@ _OPERATORS = frozenset({operator.getitem, operator.add, operator.sub, operator.m
 _LAYOUT_UNSAFE: frozenset[Any] = frozenset({torch.Tensor.view, "view"})
 
 
+def _is_tensor_method(target: Any) -> bool:
+    """`torch.Tensor.size` and the like, called as functions (Crop reads sizes that way)."""
+    return getattr(target, "__objclass__", None) in (torch.Tensor, torch._C.TensorBase)
+
+
 def _layout_safe(node: fx.Node) -> bool:
     if node.target in _LAYOUT_UNSAFE:
         return False
-    if node.op == "call_method":
+    if node.op == "call_method" or _is_tensor_method(node.target):
         return True
     if node.op != "call_function":
         return False
