@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -68,7 +68,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     order.add_argument("--bgr", dest="bgr", action="store_true", default=None, help="(default)")
     order.add_argument("--rgb", dest="bgr", action="store_false", help="feed RGB channel order")
     p.add_argument("--resize", metavar="H,W", help="resize images before preprocessing")
-    p.add_argument("--batch-size", type=int_at_least(1), default=1, metavar="N", help="(1)")
+    p.add_argument(
+        "--batch-size",
+        type=int_at_least(1),
+        metavar="N",
+        help="same-size inputs per forward pass (default: as many as fit 1 GiB of activations, "
+        "up to 32, when the net computes each batch item on its own; otherwise 1)",
+    )
     p.add_argument("--top-k", type=int_at_least(1), default=5, metavar="K", help="classifier: (5)")
     p.add_argument("--labels", metavar="FILE", help="class names, one per line")
     p.add_argument("--save-blobs", metavar="A,B", help="also save these blobs to <image>_blobs.npz")
@@ -344,7 +350,8 @@ def run(args: argparse.Namespace) -> int:
     fit_fixed_size(model.module, feed, prep)
     interpret = wanted or [v.blob for v in graph.outputs]
 
-    if args.batch_size > 1:
+    batch_size = batch_size_for(model, args.batch_size)
+    if batch_size is not None:
         paths = group_by_shape(paths, prep)
     out_dir = Path(args.output)
     try:
@@ -355,7 +362,9 @@ def run(args: argparse.Namespace) -> int:
     writer = Writer(out_dir, labels, args.top_k, interpret, save_blobs)
     checked = {tuple(feed.shape)}
     progress = Progress(len(paths))
-    for batch in batches(iter_samples(paths, prep), args.batch_size):
+    passes = 0
+    for batch in batches(iter_samples(paths, prep), batch_size or (lambda _: 1)):
+        passes += 1
         for sample in batch:
             check_channels(feed, sample)
         blob = batch[0].blob if len(batch) == 1 else _concat([s.blob for s in batch])
@@ -373,7 +382,8 @@ def run(args: argparse.Namespace) -> int:
             start += n
             progress.step(sample.path.name)
     writer.finish()
-    print(f"wrote results for {len(paths)} input(s) to {out_dir}/", file=sys.stderr)
+    done = f"wrote results for {len(paths)} input(s) to {out_dir}/"
+    print(f"{done} ({passes} forward pass{'es' if passes != 1 else ''})", file=sys.stderr)
     return 0
 
 
@@ -383,11 +393,37 @@ def _concat(blobs: list[Any]) -> Any:
     return np.concatenate(blobs, axis=0)
 
 
-def batches(samples: Any, size: int) -> Any:
-    """Consecutive samples of one blob shape (bar the batch axis), at most `size` at a time."""
+def batch_size_for(model: Any, given: int | None) -> Callable[[tuple[int, ...]], int] | None:
+    """How many samples of a blob shape run together (None: one at a time, in input order):
+    `--batch-size`, or by default as many as `auto_batch_size` allows when the net computes
+    each batch item on its own (`batch_blocker`)."""
+    from protocaffe.runtime.batching import auto_batch_size, batch_blocker
+
+    if given is not None:
+        return None if given == 1 else lambda _: given
+    module = model.module
+    if batch_blocker(module.caffe_graph) is not None:
+        return None
+    ref = module._reference_tensor()
+    device, dtype = (ref.device, ref.dtype) if ref is not None else ("cpu", "float32")
+    sizes: dict[tuple[int, ...], int] = {}
+
+    def size(shape: tuple[int, ...]) -> int:
+        if shape not in sizes:
+            graph = module.reshaped([(1, *shape[1:])]).caffe_graph
+            sizes[shape] = auto_batch_size(graph, dtype, device)
+        return sizes[shape]
+
+    return size
+
+
+def batches(samples: Any, size: Callable[[tuple[int, ...]], int]) -> Any:
+    """Consecutive samples of one blob shape (bar the batch axis), at most `size(shape)` at a
+    time."""
     batch: list[Sample] = []
     for sample in samples:
-        if batch and (len(batch) == size or batch[0].blob.shape[1:] != sample.blob.shape[1:]):
+        shape = batch[0].blob.shape if batch else None
+        if shape is not None and (shape[1:] != sample.blob.shape[1:] or len(batch) >= size(shape)):
             yield batch
             batch = []
         batch.append(sample)

@@ -27,6 +27,8 @@ from protocaffe.lower.fillers import check_fillers
 if TYPE_CHECKING:
     from torch import fx
 
+    from protocaffe.ir.graph import Layer
+
 # What a top's shape is before overrides: a known Shape, or a template for the --shape hint
 # with the known dims filled in ("64,C,227,227").
 Guess = Shape | str
@@ -326,6 +328,9 @@ class PythonCompute(LayerDef):
     param_field = "python_param"
     bottoms = (1, None)
     tops = (0, None)
+
+    def mixes_items(self, layer: Layer, phase: int) -> bool:
+        return True  # the user's forward sees the whole batch
 
     def _user(self, ctx: ShapeContext | LowerContext) -> Any:
         from protocaffe.data.pylayer import FLAG_HINT, allowed_layer

@@ -31,6 +31,8 @@ from protocaffe.proto.schema import Field, extend
 if TYPE_CHECKING:
     from torch import fx
 
+    from protocaffe.ir.graph import Layer
+
 
 def _stat_axes(ndim: int) -> tuple[int, ...]:
     """BatchNorm statistics run over every axis except the channels (axis 1)."""
@@ -158,6 +160,9 @@ class BatchNorm(Pointwise):
 
     type = "BatchNorm"
     param_field = "batch_norm_param"
+
+    def mixes_items(self, layer: Layer, phase: int) -> bool:
+        return not uses_global_stats(layer.proto.batch_norm_param, phase)  # batch statistics
 
     def check(self, ctx: ShapeContext) -> None:
         require_channel_axis(ctx)

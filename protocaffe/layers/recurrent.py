@@ -48,6 +48,8 @@ from protocaffe.lazy import np, torch
 if TYPE_CHECKING:
     from torch import fx
 
+    from protocaffe.ir.graph import Layer
+
 
 # --- PyTorch helpers called from the fx graph (one call per layer, looping over T inside) ------
 
@@ -167,6 +169,9 @@ class _Recurrent(LayerDef):
     # Names of the recurrent state blobs, in Caffe's bottom/top order under expose_hidden.
     states: ClassVar[tuple[str, ...]]
     output: ClassVar[str]  # what Caffe's unrolled net calls the sequence output
+
+    def mixes_items(self, layer: Layer, phase: int) -> bool:
+        return True  # axis 0 is time: each step reads the state the previous one left
 
     # The layout: T, N, and which bottoms are the static input and the initial states.
     def layout(self, ctx: ShapeContext) -> tuple[int, int, int | None, list[int]]:

@@ -23,6 +23,8 @@ from protocaffe.proto import caffe_pb2
 if TYPE_CHECKING:
     from torch import fx
 
+    from protocaffe.ir.graph import Layer
+
 
 @register
 class Softmax(LayerDef):
@@ -39,6 +41,10 @@ class Softmax(LayerDef):
     def lower(self, ctx: LowerContext) -> list[fx.Node]:
         axis = canonical_axis(ctx.param.axis, len(ctx.bottom_shapes[0]))
         return [ctx.call(F.softmax, ctx.inputs[0], dim=axis)]
+
+    def mixes_items(self, layer: Layer, phase: int) -> bool:
+        shape = layer.inputs[0].shape or ()
+        return canonical_axis(layer.proto.softmax_param.axis, len(shape)) == 0
 
     def reference(
         self, ctx: ShapeContext, inputs: list[np.ndarray], blobs: list[np.ndarray]
