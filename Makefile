@@ -4,7 +4,7 @@ VENV    := .venv
 VPY     := $(VENV)/bin/python
 STAMP   := $(VENV)/.installed
 
-.PHONY: install test test-all fuzz lint proto demo train-demo bench clean
+.PHONY: install test test-all fuzz lint proto layer-index demo train-demo bench clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -30,6 +30,10 @@ lint: $(STAMP)
 
 proto: $(STAMP)
 	$(VPY) -m grpc_tools.protoc -Iprotos --python_out=protocaffe/proto --pyi_out=protocaffe/proto protos/caffe.proto
+
+# Which layer file registers each type (protocaffe/layers/_index.py), after adding a layer type.
+layer-index: $(STAMP)
+	$(VPY) -c "from protocaffe.proto import schema; schema._builtin_numbers = {}; from protocaffe.layers import index_source; open('protocaffe/layers/_index.py', 'w').write(index_source())"
 
 demo: $(STAMP)
 	$(VENV)/bin/protocaffe compile models/fcn8s.prototxt --input data=1,3,500,500

@@ -685,14 +685,15 @@ def _converter(fd: FieldDescriptor) -> Callable[[Any], Any]:
 
 
 def plan_for(descriptor: Descriptor) -> dict[str, FieldPlan]:
-    """The plans of `descriptor`'s fields, fork fields declared for it included."""
+    """The plans of `descriptor`'s fields, with the fork fields declared so far (a name it
+    lacks: `schema.load_declarations()`, then ask again)."""
     return _plans(descriptor, schema.generation())
 
 
 @cache
 def _plans(descriptor: Descriptor, _generation: int) -> dict[str, FieldPlan]:
     plans = {}
-    for fd in schema.fields_by_name(descriptor).values():
+    for fd in schema.declared_fields(descriptor).values():
         is_message = fd.type == FieldDescriptor.TYPE_MESSAGE
         plans[fd.name] = FieldPlan(
             fd.name,
@@ -751,6 +752,11 @@ class _Builder:
         for name_tok, colon, value in fields:
             name = name_tok.value
             plan = plans.get(name)
+            if plan is None:
+                # A fork field, perhaps, of a layer file not imported yet.
+                schema.load_declarations()
+                plans = plan_for(msg.DESCRIPTOR)
+                plan = plans.get(name)
             if plan is None:
                 self.unknown_field(msg.DESCRIPTOR, name_tok, fields, value)
                 continue

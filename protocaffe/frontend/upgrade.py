@@ -575,8 +575,11 @@ def _upgrade_holes(net: Any, st: _Run) -> Any:
     changed: list[int] = []
     for j, layer in enumerate(net.layer):
         conv = layer.convolution_param
-        fields = schema.fields_by_name(conv.DESCRIPTOR)
-        given = [n for n in ("hole", "hole_h", "hole_w") if conv.HasExtension(fields[n])]
+        # Undeclared (deeplab.py not imported), they cannot be set: no need to declare them.
+        fields = schema.declared_fields(conv.DESCRIPTOR)
+        given = [
+            n for n in ("hole", "hole_h", "hole_w") if n in fields and conv.HasExtension(fields[n])
+        ]
         if not given or not layer.HasField("convolution_param"):
             continue
         where = ("layer", j, "convolution_param", given[0])

@@ -15,7 +15,7 @@ from typing import Any
 from protocaffe.diagnostics import CompileError, Diagnostic, Diagnostics, Span, suggestion_hint
 from protocaffe.ir.graph import Graph, Layer, Value
 from protocaffe.ir.state import layer_included, net_state
-from protocaffe.layers.base import REGISTRY, Arity, Shape, ShapeContext, lookup, shape_str
+from protocaffe.layers.base import REGISTRY, Arity, Shape, ShapeContext, shape_str
 from protocaffe.layers.ignored import note_ignored
 from protocaffe.lower.fillers import check_fillers
 from protocaffe.proto.dialects import origin_of_type
@@ -128,7 +128,6 @@ class _Builder:
         self.diags = Diagnostics()
         self.current: dict[str, Value] = {}  # blob name -> its latest definition
         self.listed_types = False
-        lookup("Input")  # importing protocaffe.layers fills REGISTRY
 
     # --- helpers -------------------------------------------------------------------------
 

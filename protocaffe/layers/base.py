@@ -10,14 +10,16 @@ A LayerDef says, for one type name:
   - `lower()`: its PyTorch lowering, emitting torch.fx nodes.
 
 Adding a layer type is one subclass decorated with `@register`, in one file under
-protocaffe/layers/, plus its test. Nothing here imports torch: lowering code imports it lazily
-(see `protocaffe.lazy`) so that `protocaffe compile` stays fast.
+protocaffe/layers/, plus its test, then `make layer-index` (layers/_index.py says which file
+registers each type; tests/test_layer_index.py checks it). Nothing here imports torch:
+lowering code imports it lazily (see `protocaffe.lazy`) so that `protocaffe compile` stays fast.
 """
 
 from __future__ import annotations
 
+import importlib
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, MutableMapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, NoReturn
 
@@ -44,9 +46,9 @@ def count(shape: Sequence[int]) -> int:
 
 def has_field(param: Any, name: str) -> bool:
     """Whether protobuf message `param` sets field `name` (a repeated field: non-empty)."""
-    from protocaffe.proto.schema import fields_by_name
+    from protocaffe.proto.schema import declared_fields, fields_by_name
 
-    desc = fields_by_name(param.DESCRIPTOR)[name]
+    desc = declared_fields(param.DESCRIPTOR).get(name) or fields_by_name(param.DESCRIPTOR)[name]
     if desc.is_repeated:
         return len(getattr(param, name)) > 0
     return param.HasExtension(desc) if desc.is_extension else param.HasField(name)
@@ -264,6 +266,12 @@ class LayerDef:
         """Lines for `protocaffe compile --explain`: the shape formula with numbers filled in."""
         return []
 
+    def mixes_items(self, layer: Layer, phase: int) -> bool:
+        """Whether one batch item's tops depend on other items' bottoms while every blob keeps
+        the batch axis (Softmax over axis 0, BatchNorm on batch statistics): `run` stacks
+        inputs into a batch only when no layer of the net does."""
+        return False
+
     def lower(self, ctx: LowerContext) -> list[fx.Node]:
         raise NotImplementedError(f"{self.type} has no PyTorch lowering")
 
@@ -278,18 +286,56 @@ class LayerDef:
         raise NotImplementedError
 
 
-REGISTRY: dict[str, LayerDef] = {}
+class Registry(MutableMapping[str, LayerDef]):
+    """Caffe type name -> its LayerDef. A built-in type's layer file is imported the first time
+    the type is asked for (layers/_index.py says which file), so a compile imports only the
+    layer files its net uses; listing the registry imports them all. Plugins add to it."""
+
+    def __init__(self) -> None:
+        self._defs: dict[str, LayerDef] = {}
+
+    def __getitem__(self, type_name: str) -> LayerDef:
+        found = self._defs.get(type_name)
+        if found is None:
+            from protocaffe.layers._index import MODULES
+
+            for module in MODULES.get(type_name, ()):
+                importlib.import_module(f"protocaffe.layers.{module}")
+            found = self._defs[type_name]
+        return found
+
+    def __setitem__(self, type_name: str, spec: LayerDef) -> None:
+        self._defs[type_name] = spec
+
+    def __delitem__(self, type_name: str) -> None:
+        del self._defs[type_name]
+
+    def __iter__(self) -> Iterator[str]:
+        from protocaffe.layers import load_all
+
+        load_all()
+        return iter(self._defs)
+
+    def __len__(self) -> int:
+        from protocaffe.layers import load_all
+
+        load_all()
+        return len(self._defs)
+
+    def add(self, cls: type[LayerDef]) -> None:
+        if cls.type in self._defs:
+            raise ValueError(f"layer type {cls.type!r} registered twice")
+        self._defs[cls.type] = cls()
+
+
+REGISTRY = Registry()
 
 
 def register(cls: type[LayerDef]) -> type[LayerDef]:
     """Class decorator: make a layer type known by its Caffe type name."""
-    if cls.type in REGISTRY:
-        raise ValueError(f"layer type {cls.type!r} registered twice")
-    REGISTRY[cls.type] = cls()
+    REGISTRY.add(cls)
     return cls
 
 
 def lookup(type_name: str) -> LayerDef | None:
-    import protocaffe.layers  # noqa: F401  (importing the package registers every layer)
-
     return REGISTRY.get(type_name)

@@ -31,8 +31,9 @@ Usage (see docs/ARCHITECTURE.md, "Adding a layer type"):
 
 from __future__ import annotations
 
+import sys
 import zlib
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
@@ -47,9 +48,11 @@ __all__ = [
     "Enum",
     "Field",
     "declare_message",
+    "declared_fields",
     "extend",
     "fields_by_name",
     "generation",
+    "load_declarations",
     "message_class",
     "set_field",
 ]
@@ -102,29 +105,49 @@ class Enum:
 
 _POOL = descriptor_pool.Default()
 _EXTENSIONS: dict[str, dict[str, FieldDescriptor]] = {}  # extendee full name -> name -> fd
-# fields_by_name's answers (a compile asks thousands of times); emptied by each extension
+# declared_fields' answers (a compile asks thousands of times); emptied by each extension
 _FIELDS: dict[str, Mapping[str, FieldDescriptor]] = {}
 _CLASSES: dict[str, type] = {}  # declared message name -> class
 # Evidence for choosing a dialect: fork construct (see `construct_name`) -> the dialects
 # whose declarations say they define it.
 FIELD_DIALECTS: dict[str, set[str]] = {}
 _generation = 0
+# Whether every layer file has been imported (so every built-in fork declaration made).
+_all_declared = False
+# The built-in extensions' numbers ((extendee, field) -> number, from layers/_index.py): a
+# layer file imported on its own gives its fields the numbers a full import gives them.
+_builtin_numbers: dict[tuple[str, str], int] | None = None
 
 
 def generation() -> int:
-    """Bumped by every declaration (caches keyed on it see plugins declared later)."""
-    _load_declarations()
+    """Bumped by every declaration (caches keyed on it see declarations made later)."""
     return _generation
+
+
+def load_declarations() -> None:
+    """Make every built-in fork declaration: they live in the layer files, which are imported
+    when their layer types are first used (a BVLC net needs none of them), or all at once here
+    when a name BVLC's schema lacks is looked up."""
+    global _all_declared
+    if not _all_declared:
+        _all_declared = True
+        from protocaffe.layers import import_layer_files
+
+        import_layer_files()
 
 
 def message_class(name: str) -> Any:
     """A BVLC or declared message class by name."""
-    return _CLASSES.get(name) or getattr(caffe_pb2, name)
+    found = _CLASSES.get(name)
+    if found is None and not hasattr(caffe_pb2, name):
+        load_declarations()
+        found = _CLASSES.get(name)
+    return found or getattr(caffe_pb2, name)
 
 
-def fields_by_name(descriptor: Descriptor) -> Mapping[str, FieldDescriptor]:
-    """`descriptor`'s fields by name, with the fork fields declared for it (read-only)."""
-    _load_declarations()
+def declared_fields(descriptor: Descriptor) -> Mapping[str, FieldDescriptor]:
+    """`descriptor`'s fields by name with the fork fields declared so far (read-only). A name
+    missing here may belong to a layer file not imported yet: `fields_by_name` is complete."""
     fields = _FIELDS.get(descriptor.full_name)
     if fields is None:
         extra = _EXTENSIONS.get(descriptor.full_name, {})
@@ -133,9 +156,47 @@ def fields_by_name(descriptor: Descriptor) -> Mapping[str, FieldDescriptor]:
     return fields
 
 
-def _load_declarations() -> None:
-    """Declarations live in the layer files: importing them declares them."""
-    import protocaffe.layers  # noqa: F401
+def fields_by_name(descriptor: Descriptor) -> Mapping[str, FieldDescriptor]:
+    """`descriptor`'s fields by name, with every fork field declared for it (read-only)."""
+    if _all_declared:
+        return declared_fields(descriptor)
+    return _Fields(descriptor)
+
+
+class _Fields(Mapping[str, FieldDescriptor]):
+    """fields_by_name before every layer file is imported: a name declared so far answers at
+    once; any other name, or listing the fields, first makes every declaration."""
+
+    __slots__ = ("_descriptor",)
+
+    def __init__(self, descriptor: Descriptor) -> None:
+        self._descriptor = descriptor
+
+    def _complete(self) -> Mapping[str, FieldDescriptor]:
+        load_declarations()
+        return declared_fields(self._descriptor)
+
+    def __getitem__(self, name: str) -> FieldDescriptor:
+        found = declared_fields(self._descriptor).get(name)
+        return found if found is not None else self._complete()[name]
+
+    def __contains__(self, name: object) -> bool:
+        return name in declared_fields(self._descriptor) or name in self._complete()
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._complete())
+
+    def __len__(self) -> int:
+        return len(self._complete())
+
+
+def _declaring_from_outside() -> None:
+    """A declaration from outside the layer files (a plugin's, a test's) comes after every
+    built-in one, as when the layer files were all imported first: so each name and number
+    stays what it was (built-in numbers are fixed, the first free one goes to the newcomer)."""
+    caller = sys._getframe(2).f_globals.get("__name__", "")
+    if not caller.startswith("protocaffe.layers."):
+        load_declarations()
 
 
 def declare_message(
@@ -153,6 +214,7 @@ def declare_message(
     """
     from protocaffe.proto import dialects as catalogue
 
+    _declaring_from_outside()
     if name in _CLASSES or hasattr(caffe_pb2, name):
         raise ValueError(f"message {name!r} is already declared")
     fork_numbers = dict(numbers or (catalogue.param_numbers(param) if param else {}))
@@ -202,11 +264,12 @@ def declare_message(
 
 def extend(extendee: str, *fields: Field, dialects: tuple[str, ...] = ()) -> None:
     """Add fork fields to BVLC (or declared) message `extendee`, e.g. PoolingParameter."""
+    _declaring_from_outside()
     target = message_class(extendee).DESCRIPTOR
     fdp = _file(f"{extendee}_{'_'.join(f.name for f in fields)}")
     scope = fdp.message_type.add(name=f"{extendee}_{fields[0].name}_ext")
     for f in fields:
-        if f.name in fields_by_name(target):
+        if f.name in declared_fields(target):
             raise ValueError(f"{extendee}.{f.name} is already declared")
         number = _extension_number(extendee, f.name, [f.number])
         enum_type = None
@@ -272,10 +335,14 @@ def _field_proto(
 
 
 def _extension_number(extendee: str, name: str, wanted: list[int]) -> int:
-    """The fork's number if the extension range has it free, else a stable private one."""
+    """The fork's number if the extension range has it free, else a stable private one; a
+    built-in field keeps the number the index gives it, whatever was declared before."""
     desc = message_class(extendee).DESCRIPTOR
     taken = {fd.number for fd in desc.fields}
     taken |= {fd.number for fd in _EXTENSIONS.get(desc.full_name, {}).values()}
+    fixed = _builtin_number(desc.full_name, name)
+    if fixed is not None and fixed not in taken:
+        return fixed
     for number in wanted:
         if number not in taken and any(lo <= number < hi for lo, hi in desc.extension_ranges):
             return number
@@ -283,6 +350,15 @@ def _extension_number(extendee: str, name: str, wanted: list[int]) -> int:
     while number in taken:
         number += 1
     return number
+
+
+def _builtin_number(extendee: str, name: str) -> int | None:
+    global _builtin_numbers
+    if _builtin_numbers is None:
+        from protocaffe.layers._index import EXTENSION_NUMBERS
+
+        _builtin_numbers = EXTENSION_NUMBERS
+    return _builtin_numbers.get((extendee, name))
 
 
 def _attach(extendee: str, fd: FieldDescriptor) -> None:
@@ -296,7 +372,7 @@ def _attach(extendee: str, fd: FieldDescriptor) -> None:
 
 def set_field(msg: Any, name: str, value: Any) -> None:
     """`msg.name = value` for a BVLC field or a fork (extension) scalar field."""
-    fd = fields_by_name(msg.DESCRIPTOR)[name]
+    fd = declared_fields(msg.DESCRIPTOR).get(name) or fields_by_name(msg.DESCRIPTOR)[name]
     if fd.is_extension:
         msg.Extensions[fd] = value
     else:
@@ -332,4 +408,12 @@ def choose_dialect(net: Any, given: str | None = None) -> Any:
 
     if given is not None:
         return dialects.choose((), given)
-    return dialects.choose(fork_constructs(net), declared=FIELD_DIALECTS)
+    constructs = fork_constructs(net)
+    if not _all_declared:
+        from protocaffe.layers._index import MODULES
+
+        # The evidence of an undeclared field is only wanted for a name that could be one: a
+        # fork field the net sets is declared (it was parsed), and no built-in type is one.
+        if any(layer.type not in MODULES for layer in net.layer):
+            load_declarations()
+    return dialects.choose(constructs, declared=FIELD_DIALECTS)
