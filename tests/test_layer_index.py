@@ -99,3 +99,12 @@ def test_compile_on_demand_says_what_a_full_import_says(net: Path) -> None:
     assert out["lazy"][:3] == out["full"][:3]
     if "fcn" in net.name or "ResNet" in net.name:  # BVLC nets: no fork file imported
         assert "protocaffe.layers.ssd'" not in out["lazy"][3]
+
+
+def test_ignored_fields_are_fork_fields() -> None:
+    # build_graph looks for them only in a net that sets some fork field.
+    from protocaffe.layers.ignored import IGNORED
+
+    for message, name in IGNORED:
+        fd = schema.fields_by_name(schema.message_class(message).DESCRIPTOR)[name]
+        assert fd.is_extension, (message, name)

@@ -16,10 +16,9 @@ from protocaffe.diagnostics import CompileError, Diagnostic, Diagnostics, Span, 
 from protocaffe.ir.graph import Graph, Layer, Value
 from protocaffe.ir.state import layer_included, net_state
 from protocaffe.layers.base import REGISTRY, Arity, Shape, ShapeContext, shape_str
-from protocaffe.layers.ignored import note_ignored
 from protocaffe.lower.fillers import check_fillers
 from protocaffe.proto.dialects import origin_of_type
-from protocaffe.proto.schema import choose_dialect
+from protocaffe.proto.schema import choose_dialect, fork_fields
 
 
 def build_graph(
@@ -41,8 +40,9 @@ def build_graph(
     net = parsed.message
     state = net_state(net, phase, stages, level)
     graph = Graph(net=net, source_map=parsed.source_map, phase=state.phase, state=state)
-    graph.dialect = choose_dialect(net, dialect)
-    builder = _Builder(graph, dict(input_shapes or {}))
+    fields = fork_fields(net)
+    graph.dialect = choose_dialect(net, dialect, fields)
+    builder = _Builder(graph, dict(input_shapes or {}), bool(fields))
     builder.diags.extend(getattr(parsed, "diagnostics", ()))
     builder.run()
 
@@ -121,8 +121,10 @@ def arity_text(arity: Arity, noun: str) -> str:
 
 
 class _Builder:
-    def __init__(self, graph: Graph, overrides: dict[str, Shape]) -> None:
+    def __init__(self, graph: Graph, overrides: dict[str, Shape], forky: bool) -> None:
         self.graph = graph
+        # Whether the net sets any fork field: only then can a layer set an ignored one.
+        self.forky = forky
         self.net = graph.net
         self.overrides = overrides
         self.diags = Diagnostics()
@@ -240,7 +242,10 @@ class _Builder:
         spec = layer.spec
         assert spec is not None
         ctx = shape_context(self.graph, layer, self.overrides)
-        note_ignored(ctx)
+        if self.forky:
+            from protocaffe.layers.ignored import note_ignored
+
+            note_ignored(ctx)
         try:
             tops = [tuple(int(d) for d in s) for s in spec.shapes(ctx)]
             if len(tops) != len(layer.outputs):

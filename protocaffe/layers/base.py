@@ -46,6 +46,10 @@ def count(shape: Sequence[int]) -> int:
 
 def has_field(param: Any, name: str) -> bool:
     """Whether protobuf message `param` sets field `name` (a repeated field: non-empty)."""
+    try:
+        return param.HasField(name)  # a singular BVLC field, the common case
+    except ValueError:  # a repeated field, or a fork field (an extension)
+        pass
     from protocaffe.proto.schema import declared_fields, fields_by_name
 
     desc = declared_fields(param.DESCRIPTOR).get(name) or fields_by_name(param.DESCRIPTOR)[name]

@@ -51,6 +51,8 @@ __all__ = [
     "declared_fields",
     "extend",
     "fields_by_name",
+    "fork_constructs",
+    "fork_fields",
     "generation",
     "load_declarations",
     "message_class",
@@ -383,10 +385,15 @@ def set_field(msg: Any, name: str, value: Any) -> None:
 
 
 def fork_constructs(net: Any) -> set[str]:
-    """The layer types of `net` and the fork fields it sets anywhere (`construct_name`s:
-    extensions of BVLC messages and the fields of fork messages); `PriorBoxParameter.min_size*`
-    when a PriorBox lists several min_size values, which only SSD's repeated field allows."""
-    found = {layer.type for layer in net.layer}
+    """The layer types of `net` and the fork fields it sets anywhere (see `fork_fields`)."""
+    return {layer.type for layer in net.layer} | fork_fields(net)
+
+
+def fork_fields(net: Any) -> set[str]:
+    """The fork fields `net` sets anywhere (`construct_name`s: extensions of BVLC messages and
+    the fields of fork messages); `PriorBoxParameter.min_size*` when a PriorBox lists several
+    min_size values, which only SSD's repeated field allows."""
+    found: set[str] = set()
     fork_messages = {cls.DESCRIPTOR.full_name for cls in _CLASSES.values()}
     todo = [net]
     while todo:
@@ -402,18 +409,20 @@ def fork_constructs(net: Any) -> set[str]:
     return found
 
 
-def choose_dialect(net: Any, given: str | None = None) -> Any:
-    """The dialects.Choice for `net`: `given` (--dialect), else the file's evidence."""
+def choose_dialect(net: Any, given: str | None = None, fields: set[str] | None = None) -> Any:
+    """The dialects.Choice for `net`: `given` (--dialect), else the file's evidence (its
+    `fork_fields`, when the caller has them, and its layer types)."""
     from protocaffe.proto import dialects
 
     if given is not None:
         return dialects.choose((), given)
-    constructs = fork_constructs(net)
+    types = {layer.type for layer in net.layer}
+    constructs = types | (fork_fields(net) if fields is None else fields)
     if not _all_declared:
         from protocaffe.layers._index import MODULES
 
         # The evidence of an undeclared field is only wanted for a name that could be one: a
         # fork field the net sets is declared (it was parsed), and no built-in type is one.
-        if any(layer.type not in MODULES for layer in net.layer):
+        if not types <= MODULES.keys():
             load_declarations()
     return dialects.choose(constructs, declared=FIELD_DIALECTS)
