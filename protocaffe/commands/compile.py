@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-import json
 import sys
 
 from protocaffe.commands._args import (
@@ -104,7 +103,7 @@ def _compile(args: argparse.Namespace) -> int:
         )
     except CompileError as err:
         if args.json:
-            print(json.dumps(failure_report(args.net, err.diagnostics), indent=2))
+            _print_json(failure_report(args.net, err.diagnostics))
         _report(err.diagnostics, args.max_errors)
         return 1
     oversize = plan_warning(graph)  # run/bench/convert would refuse this plan here
@@ -127,7 +126,7 @@ def _compile(args: argparse.Namespace) -> int:
     if args.json:
         if args.explain:
             report["explain"] = {"layer": args.explain, "lines": explained}
-        print(json.dumps(report, indent=2))
+        _print_json(report)
     elif explained:
         print("\n".join(explained))
     else:
@@ -137,6 +136,12 @@ def _compile(args: argparse.Namespace) -> int:
     if args.emit_python:
         return _emit_python(graph, args.emit_python)
     return 0
+
+
+def _print_json(report: dict) -> None:
+    import json  # only for --json
+
+    print(json.dumps(report, indent=2))
 
 
 def _report(diagnostics: list[Diagnostic], limit: int) -> None:

@@ -16,9 +16,9 @@ import warnings
 from collections.abc import Callable, Iterator
 from contextvars import ContextVar
 from dataclasses import dataclass, field
-from functools import cache
-from importlib import resources
+from functools import cache, cached_property
 from itertools import takewhile
+from pathlib import Path
 from typing import Any
 
 from google.protobuf import text_encoding
@@ -113,13 +113,19 @@ class _Lexer(Lexer):
         terminals = {t.name: t.pattern.to_regexp() for t in conf.terminals}
         groups = [f"(?P<{name}>{regexp})" for name, regexp in terminals.items()]
         bad = r"(?P<_BAD>[\s\S])"
-        self.regex = re.compile("|".join([*groups, bad]))
+        self.pattern = "|".join([*groups, bad])
         value = "|".join(terminals[name] for name in ("NUMBER", "NAME", "STRING"))
         scalar = (
             f"(?P<SCALAR>(?P<KEY>{terminals['NAME']})[ \\t]*(?P<SEP>:)[ \\t]*(?P<VALUE>{value}))"
         )
-        self.folding_regex = re.compile("|".join([scalar, *groups, bad]))
+        self.folding_regex = re.compile(f"{scalar}|{self.pattern}")
         self.ignore = frozenset(conf.ignore)
+
+    @cached_property
+    def regex(self) -> re.Pattern[str]:
+        """The plain tokens' regex (compiled when first needed: a file without errors and
+        fused values never needs it)."""
+        return re.compile(self.pattern)
 
     def lex(self, text: str, *_: Any) -> Iterator[Tok]:  # type: ignore[override]
         if _folding.get():
@@ -379,7 +385,7 @@ class _Callbacks:
 
 @cache
 def _parser() -> Lark:
-    grammar = resources.files("protocaffe.frontend").joinpath("prototxt.lark").read_text()
+    grammar = Path(__file__).with_name("prototxt.lark").read_text()
     return Lark(
         grammar,
         parser="lalr",
