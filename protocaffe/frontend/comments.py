@@ -71,7 +71,7 @@ def attach_comments(msg: Message, source_map: SourceMap, source: SourceFile) -> 
         return out
     spans: list[tuple[FieldPath, bool, Span]] = []
     for path, is_block in printed_paths(msg):
-        span = source_map.spans.get(path)
+        span = source_map.get(path)
         if span is not None and span.source is source:
             spans.append((path, is_block, span))
     # Indexes by line, and the blocks in text order, so that each comment costs about its

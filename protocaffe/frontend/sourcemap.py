@@ -7,40 +7,71 @@ name through the end of its value (for a message element, through its closing br
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 from protocaffe.diagnostics import SourceFile, Span
 
 FieldPath = tuple[str | int, ...]
+# A region of the map's own source as the parser records it: (line, col, end_line, end_col).
+# A file has thousands of fields and few are ever pointed at: the Span is made when asked for.
+Region = tuple[int, int, int, int]
 
 
 @dataclass
 class SourceMap:
     source: SourceFile
-    spans: dict[FieldPath, Span] = field(default_factory=dict)
+    spans: dict[FieldPath, Span | Region] = field(default_factory=dict)
     # Span of just the field-name token, for carets that should point at the name.
-    names: dict[FieldPath, Span] = field(default_factory=dict)
+    names: dict[FieldPath, Span | Region] = field(default_factory=dict)
 
     def span(self, path: FieldPath) -> Span | None:
         """The span of `path`, or of its nearest recorded ancestor."""
+        spans = self.spans
         for end in range(len(path), -1, -1):
-            hit = self.spans.get(path[:end])
+            key = path[:end]
+            hit = spans.get(key)
             if hit is not None:
-                return hit
+                return self._made(spans, key, hit)
         return None
 
     def name_span(self, path: FieldPath) -> Span | None:
         """The span of the field-name token at `path` (falls back to `span`)."""
-        return self.names.get(path) or self.span(path)
+        hit = self.names.get(path)
+        return self._made(self.names, path, hit) if hit is not None else self.span(path)
+
+    def get(self, path: FieldPath) -> Span | None:
+        """The span recorded for exactly `path` (no ancestor's), or None."""
+        hit = self.spans.get(path)
+        return self._made(self.spans, path, hit) if hit is not None else None
+
+    def items(self) -> Iterator[tuple[FieldPath, Span]]:
+        """Every recorded path with its span."""
+        for path, hit in list(self.spans.items()):
+            yield path, self._made(self.spans, path, hit)
+
+    def _made(self, table: dict[FieldPath, Span | Region], path: FieldPath, hit: Any) -> Span:
+        if hit.__class__ is tuple:
+            hit = table[path] = Span(self.source, *hit)
+        return hit
 
     def remap(self, mapping: dict[FieldPath, FieldPath]) -> SourceMap:
-        """A new map with path prefixes renamed (used by the legacy-format upgrade)."""
+        """A new map with path prefixes renamed (used by the legacy-format upgrade): each path's
+        longest prefix in `mapping` is replaced by what it maps to."""
         out = SourceMap(self.source)
         # Only prefixes as long as some key can match: one lookup per path, not one per prefix.
+        # (A path shorter than `end` slices to itself, which no key of length `end` equals.)
         lengths = sorted({len(key) for key in mapping if key}, reverse=True)
+        get = mapping.get
         for table, new_table in ((self.spans, out.spans), (self.names, out.names)):
             for path, span in table.items():
-                new_table[_rename(path, mapping, lengths)] = span
+                for end in lengths:
+                    target = get(path[:end])
+                    if target is not None:
+                        path = target + path[end:]
+                        break
+                new_table[path] = span
         return out
 
     def subtree(self, prefix: FieldPath) -> SourceMap:
@@ -60,14 +91,6 @@ class SourceMap:
             (self.names, other.names, out.names),
         ):
             new_table.update({p: s for p, s in table.items() if p[:n] != prefix})
-            new_table.update({(*prefix, *p): s for p, s in extra.items()})
+            # `other` may be another file's map: its regions become Spans of its source.
+            new_table.update({(*prefix, *p): other._made(extra, p, s) for p, s in extra.items()})
         return out
-
-
-def _rename(path: FieldPath, mapping: dict[FieldPath, FieldPath], lengths: list[int]) -> FieldPath:
-    """`path` with its longest prefix in `mapping` (of one of `lengths`, longest first) renamed."""
-    for end in lengths:
-        target = mapping.get(path[:end]) if end <= len(path) else None
-        if target is not None:
-            return target + path[end:]
-    return path

@@ -716,6 +716,11 @@ def _plans(descriptor: Descriptor, _generation: int) -> dict[str, FieldPlan]:
 # Building messages
 
 
+def _region(first: Tok, last: Tok) -> tuple[int, int, int, int]:
+    """The SourceMap region from `first` through `last`."""
+    return (first.line, first.column, last.line, last.column + len(last.value))
+
+
 def _end_of(value: Any) -> Tok:
     """The last token of a value."""
     if value.__class__ is Tok:
@@ -753,7 +758,6 @@ class _Builder:
         seen: dict[str, Tok] = {}  # singular fields already set -> their name token
         counts: dict[str, int] = {}  # repeated fields -> next index
         pending: dict[str, list] = {}  # repeated scalars, extended in one call at the end
-        span = self.span
         source = self.source
         for name_tok, colon, value in fields:
             name = name_tok.value
@@ -788,21 +792,21 @@ class _Builder:
                     f"expected ':' after '{name}'", name_tok, hint=f"write '{name}: {shown}'"
                 )
                 continue
-            # The spans of the name and of the whole field (Span(...) inlined: one per field).
+            # Where the name and the whole field are (SourceMap regions: Spans when asked for).
             line, column = name_tok.line, name_tok.column
-            name_span = Span(source, line, column, line, column + len(name))
+            name_span = (line, column, line, column + len(name))
             last = _end_of(value)
-            whole = Span(source, line, column, last.line, last.column + len(last.value))
+            whole = (line, column, last.line, last.column + len(last.value))
             field_path = (*path, name)
             if not plan.repeated:
                 first = seen.get(name)
                 if first is not None:
                     d = self.diags.error(
                         f"'{name}' is given more than once, but it is not a repeated field",
-                        name_span,
+                        Span(source, *name_span),
                         f"remove one of them (the first is at line {first.line})",
                     )
-                    d.notes.append(f"{span(first, first)}: first here")
+                    d.notes.append(f"{self.span(first, first)}: first here")
                     continue
                 seen[name] = name_tok
                 spans[field_path] = whole
@@ -835,7 +839,7 @@ class _Builder:
                     if not self.check_message(plan, item):
                         continue
                     sub_path = (*field_path, index)
-                    spans[sub_path] = whole if item is value else span(item[2], item[3])
+                    spans[sub_path] = whole if item is value else _region(item[2], item[3])
                     names[sub_path] = name_span
                     self.fill(container.add(), item[1], sub_path)
                     index += 1
@@ -849,7 +853,7 @@ class _Builder:
                         continue
                     sub_path = (*field_path, index)
                     spans[sub_path] = (
-                        whole if item is value else span(_start_of(item), _end_of(item))
+                        whole if item is value else _region(_start_of(item), _end_of(item))
                     )
                     names[sub_path] = name_span
                     out.append(converted)
