@@ -30,8 +30,9 @@ class UsageError(Exception):
 
 
 def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
-    """The parser; when `argv` names a command, only that command's module is imported
-    (the others get bare entries), so one command never pays for another's imports."""
+    """The parser; when `argv` names a command, only that command is set up (its module
+    imported, no entry for the others: what argparse says is the same with or without them),
+    so one command never pays for another's imports."""
     parser = argparse.ArgumentParser(
         prog="protocaffe",
         description="Caffe prototxt compiler and runtime: check, shape-infer and run Caffe nets.",
@@ -40,9 +41,7 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     chosen = next((a for a in argv or () if not a.startswith("-")), None)
     for name in COMMANDS:
-        if chosen in COMMANDS and name != chosen:
-            sub.add_parser(name)
-        else:
+        if chosen not in COMMANDS or name == chosen:
             importlib.import_module(f"protocaffe.commands.{name}").add_parser(sub)
     for command in sub.choices.values():
         command.add_argument(

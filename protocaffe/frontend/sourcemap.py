@@ -7,7 +7,6 @@ name through the end of its value (for a message element, through its closing br
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -45,11 +44,6 @@ class SourceMap:
         """The span recorded for exactly `path` (no ancestor's), or None."""
         hit = self.spans.get(path)
         return self._made(self.spans, path, hit) if hit is not None else None
-
-    def items(self) -> Iterator[tuple[FieldPath, Span]]:
-        """Every recorded path with its span."""
-        for path, hit in list(self.spans.items()):
-            yield path, self._made(self.spans, path, hit)
 
     def _made(self, table: dict[FieldPath, Span | Region], path: FieldPath, hit: Any) -> Span:
         if hit.__class__ is tuple:

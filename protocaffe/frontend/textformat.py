@@ -115,8 +115,9 @@ class _Lexer(Lexer):
         bad = r"(?P<_BAD>[\s\S])"
         self.pattern = "|".join([*groups, bad])
         value = "|".join(terminals[name] for name in ("NUMBER", "NAME", "STRING"))
+        # A scalar field, and the line break after it (so a field is one match, not two).
         scalar = (
-            f"(?P<SCALAR>(?P<KEY>{terminals['NAME']})[ \\t]*(?P<SEP>:)[ \\t]*(?P<VALUE>{value}))"
+            f"(?P<SCALAR>({terminals['NAME']})[ \\t]*:[ \\t]*({value}))(?P<NL>[ \\t]*\\n[ \\t]*)?"
         )
         self.folding_regex = re.compile(f"{scalar}|{self.pattern}")
         self.ignore = frozenset(conf.ignore)
@@ -154,7 +155,7 @@ class _Lexer(Lexer):
         line, line_start = 1, 0
         ignore = self.ignore
         names = _known_field_names()
-        run: list[tuple[Tok, Tok, Any]] = []  # the fields folded since the last other token
+        run: list[tuple[Tok, bool, Any]] = []  # the fields folded since the last other token
         for m in self.folding_regex.finditer(text):
             kind = m.lastgroup
             if kind in ignore:
@@ -165,42 +166,41 @@ class _Lexer(Lexer):
                     line_start = m.start() + value.rindex("\n") + 1
                 continue
             start = m.start()
-            if kind == "SCALAR":
-                key, value = m.group("KEY", "VALUE")
+            if kind == "SCALAR" or kind == "NL":  # NL: a scalar field and its line break
+                key, value = m.group(2, 3)  # the SCALAR group's name and value
                 first = value[0]
                 if first == '"' or first == "'":
-                    kind, fusable = "STRING", False
+                    token, fusable = "STRING", False
                 elif first in _NAME_STARTS:
-                    kind, fusable = "NAME", first in _NAME_VALUE_STARTS
+                    token, fusable = "NAME", first in _NAME_VALUE_STARTS
                 else:
-                    kind, fusable = "NUMBER", not value.isdigit()
-                if (fusable and _field_follows(text, m.end())) or (
+                    token, fusable = "NUMBER", not value.isdigit()
+                at = m.start(3)
+                if (fusable and _field_follows(text, at + len(value))) or (
                     key[0] in _NAME_VALUE_STARTS and key not in names
                 ):
                     # The key or the value may be a fused one: the plain tokens split it.
                     if run:
                         yield _scalars(run)
                         run = []
-                    yield from self._lex_plain(text, start, m.end(), line, line_start)
-                    continue
-                at, colon = m.start("VALUE"), m.start("SEP")
-                item = Tok(kind, value, at, line, at - line_start + 1)
-                run.append(
-                    (
-                        Tok("NAME", key, start, line, start - line_start + 1),
-                        Tok("COLON", ":", colon, line, colon - line_start + 1),
-                        [item] if kind == "STRING" else item,
-                    )
-                )
+                    yield from self._lex_plain(text, start, m.end(1), line, line_start)
+                else:
+                    item = Tok(token, value, at, line, at - line_start + 1)
+                    name = Tok("NAME", key, start, line, start - line_start + 1)
+                    run.append((name, True, [item] if token == "STRING" else item))
+                if kind == "NL":
+                    line += 1
+                    line_start = text.index("\n", m.end(1)) + 1
                 continue
             if run:
                 if kind == "STRING" and run[-1][2].__class__ is list:
                     # An adjacent string continues the last value: that field is not folded.
-                    unfolded = run.pop()
+                    name, _, value_toks = run.pop()
                     if run:
                         yield _scalars(run)
-                    yield from unfolded[:2]
-                    yield unfolded[2][0]
+                    yield name
+                    yield _colon_after(text, name)
+                    yield value_toks[0]
                 else:
                     yield _scalars(run)
                 run = []
@@ -229,7 +229,13 @@ def _tokens(
     return (Tok(kind, value, start, line, column),)
 
 
-def _scalars(run: list[tuple[Tok, Tok, Any]]) -> Tok:
+def _colon_after(text: str, name: Tok) -> Tok:
+    """The ':' token after a folded field's name (same line)."""
+    at = text.index(":", name.start_pos + len(name.value))
+    return Tok("COLON", ":", at, name.line, name.column + at - name.start_pos)
+
+
+def _scalars(run: list[tuple[Tok, bool, Any]]) -> Tok:
     """The SCALARS token of folded fields: its value is their field tuples."""
     first = run[0][0]
     return Tok("SCALARS", run, first.start_pos, first.line, first.column)  # type: ignore[arg-type]
@@ -341,7 +347,7 @@ def fused_value(value: str, line: int, column: int) -> FusedValue | None:
 
 
 # Tree shapes produced by the parser callbacks:
-#   field   = (name: Tok, colon: Tok | None, value)
+#   field   = (name: Tok, colon: bool (whether ':' is written), value)
 #   value   = Tok (NUMBER or NAME) | list[Tok] (adjacent STRINGs)
 #           | ("{", fields, open: Tok, close: Tok) | ("[", items, open: Tok, close: Tok)
 MSG, LIST = "{", "["
@@ -363,7 +369,7 @@ class _Callbacks:
 
     @staticmethod
     def field(c: list) -> tuple:
-        return (c[0], c[1], c[2])
+        return (c[0], c[1] is not None, c[2])
 
     @staticmethod
     def scalars(c: list) -> list:
@@ -783,7 +789,7 @@ class _Builder:
             else:
                 items = (value,)
             if (
-                colon is None
+                not colon
                 and not plan.is_message
                 and (value.__class__ is not tuple or value[0] is LIST)
             ):

@@ -526,7 +526,7 @@ def _upgrade_input(net: Any, st: _Run) -> Any:
 
 def _cover(source_map: SourceMap, fields: tuple[str, ...]) -> Span | None:
     """One span from the first to the last recorded occurrence of the given net-level fields."""
-    spans = [s for p, s in source_map.items() if p and p[0] in fields]
+    spans = [source_map.get(p) for p in source_map.spans if p and p[0] in fields]
     if not spans:
         return None
     first = min(spans, key=lambda s: (s.line, s.col))

@@ -48,7 +48,7 @@ def build_graph(
 
     from protocaffe.ir.coordmap import analyze
 
-    graph.coords = analyze(graph)
+    graph.coords = analyze(graph, builder.contexts)
     builder.diags.extend(graph.coords.diagnostics)
     diagnostics = sorted(builder.diags, key=_position)
     if any(d.severity == "error" for d in diagnostics):
@@ -125,6 +125,7 @@ class _Builder:
         self.graph = graph
         # Whether the net sets any fork field: only then can a layer set an ignored one.
         self.forky = forky
+        self.contexts: dict[Layer, ShapeContext] = {}  # the shape pass's, for coord maps
         self.net = graph.net
         self.overrides = overrides
         self.diags = Diagnostics()
@@ -241,7 +242,7 @@ class _Builder:
     def infer(self, layer: Layer) -> None:
         spec = layer.spec
         assert spec is not None
-        ctx = shape_context(self.graph, layer, self.overrides)
+        ctx = self.contexts[layer] = shape_context(self.graph, layer, self.overrides)
         if self.forky:
             from protocaffe.layers.ignored import note_ignored
 
@@ -334,15 +335,17 @@ class _Builder:
 
     def check_top(self, layer: Layer, j: int, blob: str, seen: set[str]) -> None:
         lp = layer.proto
-        span = self.span(*layer.path, "top", j)
         if blob in seen:
-            self.diags.error(f"{layer.type} '{layer.name}' names top '{blob}' twice", span)
+            self.diags.error(
+                f"{layer.type} '{layer.name}' names top '{blob}' twice",
+                self.span(*layer.path, "top", j),
+            )
         elif layer.top_in_place(j):
             if layer.spec is not None and not layer.spec.in_place:
                 self.diags.warning(
                     f"{layer.type} '{layer.name}' computes '{blob}' in place, "
                     f"which Caffe's {layer.type} does not support",
-                    span,
+                    self.span(*layer.path, "top", j),
                     hint="give the top a name of its own",
                 )
         elif blob in self.current:
@@ -355,7 +358,7 @@ class _Builder:
             )
             self.diags.error(
                 f"{layer.type} '{layer.name}': top '{blob}' is already produced by {where}",
-                span,
+                self.span(*layer.path, "top", j),
                 hint,
             )
 

@@ -16,12 +16,13 @@ anything else is "unknown", which is reported only when asked (--explain), never
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
 from protocaffe.diagnostics import Diagnostic
 from protocaffe.ir.graph import Graph, Layer, Value
-from protocaffe.layers.base import IDENTITY, Affine, canonical_axis
+from protocaffe.layers.base import IDENTITY, Affine, ShapeContext, canonical_axis
 
 # Layers that combine bottoms pixel by pixel: their bottoms must line up with each other.
 ALIGNED_BOTTOMS = frozenset({"Eltwise", "Concat"})
@@ -78,9 +79,12 @@ def affine_str(a: Affine) -> str:
     return f"{scale} {'-' if a.shift < 0 else '+'} {abs(a.shift):g}"
 
 
-def analyze(graph: Graph) -> CoordAnalysis:
-    """Coordinate maps of every Value, and the alignment of every Crop layer."""
+def analyze(graph: Graph, contexts: Mapping[Layer, ShapeContext] | None = None) -> CoordAnalysis:
+    """Coordinate maps of every Value, and the alignment of every Crop layer. `contexts`: the
+    ShapeContexts the shape pass used (so what a layer worked out there is not done again)."""
     from protocaffe.ir.build import shape_context
+
+    contexts = contexts or {}
 
     out = CoordAnalysis()
     # Values downstream of a misalignment already reported: no second warning for them.
@@ -113,7 +117,8 @@ def analyze(graph: Graph) -> CoordAnalysis:
         if any(v.shape is None or len(v.shape) < 3 for v in layer.outputs):
             unknown(layer, f"{layer.type} '{layer.name}' has no spatial axes")
             continue
-        inner = spec.coord_map(shape_context(graph, layer))
+        ctx = contexts.get(layer)
+        inner = spec.coord_map(ctx if ctx is not None else shape_context(graph, layer))
         if inner is None:
             unknown(layer, f"{layer.type} '{layer.name}' has no coordinate map")
             continue

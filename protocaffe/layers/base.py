@@ -125,6 +125,9 @@ class ShapeContext:
         self.overrides = overrides or {}
         self._span_of = span_of
         self.warnings: list[Diagnostic] = []
+        # What a rule works out once for shapes(), blobs(), macs() and coord_map() to share
+        # (a convolution's window), by the rule's own key.
+        self.memo: dict[str, Any] = {}
         spec = layer.spec
         self.param = getattr(layer.proto, spec.param_field) if spec and spec.param_field else None
 
@@ -307,6 +310,10 @@ class Registry(MutableMapping[str, LayerDef]):
                 importlib.import_module(f"protocaffe.layers.{module}")
             found = self._defs[type_name]
         return found
+
+    def get(self, type_name: str, default: Any = None) -> Any:
+        found = self._defs.get(type_name)  # the common case, without the KeyError machinery
+        return found if found is not None else super().get(type_name, default)
 
     def __setitem__(self, type_name: str, spec: LayerDef) -> None:
         self._defs[type_name] = spec

@@ -52,10 +52,14 @@ class _BaseConvolution(LayerDef):
     deconv = False
 
     def geometry(self, ctx: ShapeContext) -> tuple[int, Window]:
-        """(channel axis, window), with Caffe's LayerSetUp checks as diagnostics."""
-        axis = checked_axis(ctx, ctx.param.axis)
-        nsp = len(ctx.bottoms[0]) - axis - 1
-        return axis, conv_window(ctx.param, nsp, ctx.fail)
+        """(channel axis, window), with Caffe's LayerSetUp checks as diagnostics (worked out
+        once per context: shapes, blobs, macs and coord_map all ask)."""
+        found = ctx.memo.get("conv_geometry")
+        if found is None:
+            axis = checked_axis(ctx, ctx.param.axis)
+            nsp = len(ctx.bottoms[0]) - axis - 1
+            found = ctx.memo["conv_geometry"] = (axis, conv_window(ctx.param, nsp, ctx.fail))
+        return found
 
     def shapes(self, ctx: ShapeContext) -> list[Shape]:
         same_shape_bottoms(ctx)
