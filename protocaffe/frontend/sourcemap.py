@@ -7,7 +7,6 @@ name through the end of its value (for a message element, through its closing br
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Any
 
 from protocaffe.diagnostics import SourceFile, Span
@@ -18,12 +17,17 @@ FieldPath = tuple[str | int, ...]
 Region = tuple[int, int, int, int]
 
 
-@dataclass
 class SourceMap:
-    source: SourceFile
-    spans: dict[FieldPath, Span | Region] = field(default_factory=dict)
-    # Span of just the field-name token, for carets that should point at the name.
-    names: dict[FieldPath, Span | Region] = field(default_factory=dict)
+    def __init__(
+        self,
+        source: SourceFile,
+        spans: dict[FieldPath, Span | Region] | None = None,
+        names: dict[FieldPath, Span | Region] | None = None,
+    ) -> None:
+        self.source = source
+        self.spans: dict[FieldPath, Span | Region] = {} if spans is None else spans
+        # Span of just the field-name token, for carets that should point at the name.
+        self.names: dict[FieldPath, Span | Region] = {} if names is None else names
 
     def span(self, path: FieldPath) -> Span | None:
         """The span of `path`, or of its nearest recorded ancestor."""

@@ -15,11 +15,10 @@ import re
 import warnings
 from collections.abc import Callable, Iterator
 from contextvars import ContextVar
-from dataclasses import dataclass, field
 from functools import cache, cached_property
 from itertools import takewhile
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from google.protobuf import text_encoding
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
@@ -43,15 +42,33 @@ from protocaffe.proto import dialects, schema
 __all__ = ["ParsedFile", "message_class", "parse_text"]
 
 
-@dataclass
 class ParsedFile:
-    """A parsed prototxt: the protobuf message, where each field was written, and the text."""
+    """A parsed prototxt: the protobuf message, where each field was written, and the text.
+    (Plain classes here, not dataclasses: each of those costs a cold compile a millisecond.)"""
 
-    message: Message
-    source_map: SourceMap
-    source: SourceFile
-    # Warnings and notes (errors are raised as CompileError instead).
-    diagnostics: list[Diagnostic] = field(default_factory=list)
+    def __init__(
+        self,
+        message: Message,
+        source_map: SourceMap,
+        source: SourceFile,
+        diagnostics: list[Diagnostic] | None = None,
+    ) -> None:
+        self.message = message
+        self.source_map = source_map
+        self.source = source
+        # Warnings and notes (errors are raised as CompileError instead).
+        self.diagnostics = [] if diagnostics is None else diagnostics
+
+    def replace(self, **changes: Any) -> ParsedFile:
+        """A copy with the given attributes changed (the others shared, as dataclasses.replace
+        shares them)."""
+        given = {
+            "message": self.message,
+            "source_map": self.source_map,
+            "source": self.source,
+            "diagnostics": self.diagnostics,
+        }
+        return ParsedFile(**{**given, **changes})
 
 
 # ---------------------------------------------------------------------------------------------
@@ -256,8 +273,7 @@ _NUMBER_PREFIX = re.compile(r"[+\-]?(?:[0-9]|\.[0-9])[0-9a-fA-FxX.+\-]*")
 _WS = re.compile(r"\s*")
 
 
-@dataclass(frozen=True)
-class FusedValue:
+class FusedValue(NamedTuple):
     """A token read as a value run into a field name: where it is and where it splits."""
 
     text: str
@@ -602,8 +618,7 @@ def _convert_string(v: Any) -> str:
 _MAX_LISTED = 12
 
 
-@dataclass(frozen=True)
-class ForkValue:
+class ForkValue(NamedTuple):
     """A value that a fork keeps in another field: a fork's V1 `type:` name (INTERP) is stored
     in V1LayerParameter's fork_type (protocaffe/layers/deeplab.py) as its V2 type string."""
 
@@ -667,8 +682,7 @@ _SCALAR_NAMES.update(
 )
 
 
-@dataclass(frozen=True)
-class FieldPlan:
+class FieldPlan(NamedTuple):
     """What the builder needs to know about one field, computed once per message type."""
 
     name: str

@@ -10,7 +10,6 @@ located error; where Caffe logs and drops a field, we warn; every upgrade that h
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -638,7 +637,7 @@ def upgrade_net(parsed: ParsedFile) -> tuple[ParsedFile, list[Diagnostic]]:
             diags.check()
     if net == parsed.message:
         return parsed, diags.items
-    return dataclasses.replace(parsed, message=net, source_map=st.source_map), diags.items
+    return parsed.replace(message=net, source_map=st.source_map), diags.items
 
 
 INLINE_NETS = ("net_param", "train_net_param", "test_net_param")
@@ -662,7 +661,7 @@ def inline_nets(solver: ParsedFile) -> list[tuple[FieldPath, ParsedFile]]:
 
 def _view(parsed: ParsedFile, prefix: FieldPath, msg: Any) -> ParsedFile:
     view = parsed.source_map.subtree(prefix)
-    return dataclasses.replace(parsed, message=msg, source_map=view, diagnostics=[])
+    return parsed.replace(message=msg, source_map=view, diagnostics=[])
 
 
 def upgrade_solver(parsed: ParsedFile) -> tuple[ParsedFile, list[Diagnostic]]:
@@ -683,7 +682,7 @@ def upgrade_solver(parsed: ParsedFile) -> tuple[ParsedFile, list[Diagnostic]]:
             field = getattr(out, prefix[0])
             (field[prefix[1]] if len(prefix) > 1 else field).CopyFrom(net.message)
             source_map = source_map.graft(prefix, net.source_map)
-        parsed = dataclasses.replace(parsed, message=out, source_map=source_map)
+        parsed = parsed.replace(message=out, source_map=source_map)
     upgraded, found = _upgrade_solver_type(parsed)
     return upgraded, [*notes, *found]
 
@@ -710,4 +709,4 @@ def _upgrade_solver_type(parsed: ParsedFile) -> tuple[ParsedFile, list[Diagnosti
         f"upgraded deprecated 'solver_type: {old.name}' to 'type: \"{out.type}\"'", ("solver_type",)
     )
     st.remap({("solver_type",): ("type",)})
-    return dataclasses.replace(parsed, message=out, source_map=st.source_map), diags.items
+    return parsed.replace(message=out, source_map=st.source_map), diags.items

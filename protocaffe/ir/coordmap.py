@@ -17,8 +17,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, NamedTuple
 
 from protocaffe.diagnostics import Diagnostic
 from protocaffe.ir.graph import Graph, Layer, Value
@@ -31,8 +30,7 @@ _EPS = 1e-6
 CropStatus = Literal["aligned", "misaligned", "unalignable", "unknown"]
 
 
-@dataclass(frozen=True)
-class CoordMap:
+class CoordMap(NamedTuple):
     root: str  # Value.id of the net input the coordinates refer to
     affine: Affine
 
@@ -47,8 +45,7 @@ class CoordMap:
         return f"{self.root}[{affine_str(self.affine)}]"
 
 
-@dataclass
-class CropAlignment:
+class CropAlignment(NamedTuple):
     layer: Layer
     axis: int  # first cropped axis (canonical)
     offsets: tuple[int, ...]  # written offsets on the cropped spatial axes, Caffe-defaulted
@@ -57,12 +54,12 @@ class CropAlignment:
     reason: str = ""  # why the status is unknown or unalignable
 
 
-@dataclass
 class CoordAnalysis:
-    maps: dict[str, CoordMap] = field(default_factory=dict)  # by Value.id; absent = unknown
-    why_unknown: dict[str, str] = field(default_factory=dict)  # Value.id -> reason
-    crops: list[CropAlignment] = field(default_factory=list)
-    diagnostics: list[Diagnostic] = field(default_factory=list)
+    def __init__(self) -> None:
+        self.maps: dict[str, CoordMap] = {}  # by Value.id; absent = unknown
+        self.why_unknown: dict[str, str] = {}  # Value.id -> reason
+        self.crops: list[CropAlignment] = []
+        self.diagnostics: list[Diagnostic] = []
 
     def map_of(self, value: Value) -> CoordMap | None:
         return self.maps.get(value.id)

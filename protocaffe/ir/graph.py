@@ -8,7 +8,6 @@ its `id` is unique: the blob name for the first definition, `blob@layer` for red
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from protocaffe.diagnostics import Diagnostic, Span
@@ -18,29 +17,56 @@ if TYPE_CHECKING:
     from protocaffe.layers.base import BlobSpec, LayerDef, Shape
 
 
-@dataclass(eq=False)
 class Value:
-    id: str
-    blob: str
-    producer: Layer | None = field(repr=False)  # None for net-level inputs
-    shape: Shape | None = None
-    consumers: list[Layer] = field(default_factory=list, repr=False)
+    # Plain classes, not dataclasses: each of those costs a cold compile about a millisecond.
+    def __init__(
+        self,
+        id: str,
+        blob: str,
+        producer: Layer | None,  # None for net-level inputs
+        shape: Shape | None = None,
+        consumers: list[Layer] | None = None,
+    ) -> None:
+        self.id = id
+        self.blob = blob
+        self.producer = producer
+        self.shape = shape
+        self.consumers: list[Layer] = [] if consumers is None else consumers
+
+    def __repr__(self) -> str:
+        return f"Value(id={self.id!r}, blob={self.blob!r}, shape={self.shape!r})"
 
 
-@dataclass(eq=False)
 class Layer:
-    name: str
-    type: str
-    proto: Any  # caffe_pb2.LayerParameter (after upgrade)
-    path: FieldPath  # ("layer", i) in the upgraded NetParameter
-    span: Span | None
-    spec: LayerDef | None
-    inputs: list[Value] = field(default_factory=list, repr=False)
-    outputs: list[Value] = field(default_factory=list, repr=False)
-    blob_specs: list[BlobSpec] = field(default_factory=list)
-    macs: int = 0
-    # The fork dialect names shared by forks are read in (proto/dialects.py; None: no fork).
-    dialect: str | None = None
+    def __init__(
+        self,
+        name: str,
+        type: str,
+        proto: Any,  # caffe_pb2.LayerParameter (after upgrade)
+        path: FieldPath,  # ("layer", i) in the upgraded NetParameter
+        span: Span | None,
+        spec: LayerDef | None,
+        inputs: list[Value] | None = None,
+        outputs: list[Value] | None = None,
+        blob_specs: list[BlobSpec] | None = None,
+        macs: int = 0,
+        dialect: str | None = None,
+    ) -> None:
+        self.name = name
+        self.type = type
+        self.proto = proto
+        self.path = path
+        self.span = span
+        self.spec = spec
+        self.inputs: list[Value] = [] if inputs is None else inputs
+        self.outputs: list[Value] = [] if outputs is None else outputs
+        self.blob_specs: list[BlobSpec] = [] if blob_specs is None else blob_specs
+        self.macs = macs
+        # The fork dialect names shared by forks are read in (proto/dialects.py; None: no fork).
+        self.dialect = dialect
+
+    def __repr__(self) -> str:
+        return f"Layer(name={self.name!r}, type={self.type!r}, path={self.path!r})"
 
     @property
     def bottoms(self) -> list[str]:
@@ -60,20 +86,33 @@ class Layer:
         return j < len(bottom) and bottom[j] == self.proto.top[j]
 
 
-@dataclass(eq=False)
 class Graph:
-    net: Any  # caffe_pb2.NetParameter (upgraded, unfiltered)
-    source_map: SourceMap | None
-    phase: int  # caffe_pb2.TRAIN (0) / TEST (1)
-    layers: list[Layer] = field(default_factory=list)
-    values: dict[str, Value] = field(default_factory=dict)  # by Value.id
-    inputs: list[Value] = field(default_factory=list)  # produced by input/data layers
-    outputs: list[Value] = field(default_factory=list)  # final definitions nobody consumes
-    state: Any = None  # protocaffe.ir.state.NetState the graph was built for
-    # Warnings and notes gathered while building (errors are raised as CompileError instead).
-    diagnostics: list[Diagnostic] = field(default_factory=list)
-    coords: Any = None  # protocaffe.ir.coordmap.CoordAnalysis: coordinate maps, crop alignment
-    dialect: Any = None  # protocaffe.proto.dialects.Choice: the fork dialect, and why
+    def __init__(
+        self,
+        net: Any,  # caffe_pb2.NetParameter (upgraded, unfiltered)
+        source_map: SourceMap | None,
+        phase: int,  # caffe_pb2.TRAIN (0) / TEST (1)
+        layers: list[Layer] | None = None,
+        values: dict[str, Value] | None = None,  # by Value.id
+        inputs: list[Value] | None = None,  # produced by input/data layers
+        outputs: list[Value] | None = None,  # final definitions nobody consumes
+        state: Any = None,  # protocaffe.ir.state.NetState the graph was built for
+        # Warnings and notes gathered while building (errors are raised as CompileError).
+        diagnostics: list[Diagnostic] | None = None,
+        coords: Any = None,  # protocaffe.ir.coordmap.CoordAnalysis: coord maps, crop alignment
+        dialect: Any = None,  # protocaffe.proto.dialects.Choice: the fork dialect, and why
+    ) -> None:
+        self.net = net
+        self.source_map = source_map
+        self.phase = phase
+        self.layers: list[Layer] = [] if layers is None else layers
+        self.values: dict[str, Value] = {} if values is None else values
+        self.inputs: list[Value] = [] if inputs is None else inputs
+        self.outputs: list[Value] = [] if outputs is None else outputs
+        self.state = state
+        self.diagnostics: list[Diagnostic] = [] if diagnostics is None else diagnostics
+        self.coords = coords
+        self.dialect = dialect
 
     @property
     def name(self) -> str:

@@ -11,15 +11,13 @@ and level and add to the stages.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 TRAIN, TEST = 0, 1
 PHASES = {"TRAIN": TRAIN, "TEST": TEST}
 
 
-@dataclass(frozen=True)
-class NetState:
+class NetState(NamedTuple):
     phase: int = TEST
     level: int = 0
     stages: frozenset[str] = frozenset()

@@ -20,8 +20,7 @@ from __future__ import annotations
 import importlib
 import math
 from collections.abc import Callable, Iterator, MutableMapping, Sequence
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar, NoReturn
+from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple, NoReturn
 
 from protocaffe.diagnostics import CompileError, Diagnostic, Severity, Span
 
@@ -63,8 +62,7 @@ def canonical_axis(axis: int, ndim: int) -> int:
     return axis + ndim if axis < 0 else axis
 
 
-@dataclass(frozen=True)
-class BlobSpec:
+class BlobSpec(NamedTuple):
     """One of a layer's stored blobs, in Caffe order.
 
     `name` is the attribute under the layer's module (`conv1.weight`); `filler` is the
@@ -79,8 +77,7 @@ class BlobSpec:
     learnable: bool = True
 
 
-@dataclass(frozen=True)
-class Affine:
+class Affine(NamedTuple):
     """Coordinate map on the spatial axes: input_coord = scale * output_coord + shift.
 
     Mirrors the FCN authors' coord_map: conv/pool have scale = stride, deconv 1/stride.

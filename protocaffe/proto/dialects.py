@@ -16,7 +16,8 @@ file's own evidence (see README, "Fork dialects").
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import NamedTuple
 
 __all__ = [
     "DIALECTS",
@@ -30,14 +31,16 @@ __all__ = [
 ]
 
 
-@dataclass(frozen=True)
-class Dialect:
+_NONE: Mapping = MappingProxyType({})
+
+
+class Dialect(NamedTuple):
     name: str
     origin: str  # for messages: "the SSD fork (weiliu89/caffe, branch ssd)"
-    params: dict[str, int] = field(default_factory=dict)  # LayerParameter field -> number
+    params: Mapping[str, int] = _NONE  # LayerParameter field -> number
     types: tuple[str, ...] = ()
-    fields: dict[str, tuple[str, ...]] = field(default_factory=dict)  # message -> fork fields
-    v1_types: dict[str, str] = field(default_factory=dict)  # V1 enum name -> layer type
+    fields: Mapping[str, tuple[str, ...]] = _NONE  # message -> fork fields
+    v1_types: Mapping[str, str] = _NONE  # V1 enum name -> layer type
     # The selectable dialect whose meaning applies to shared names (ENet reads as SegNet).
     semantics: str | None = None
 
@@ -320,8 +323,7 @@ _SHOWN = {"PriorBoxParameter.min_size*": "several min_size values in one PriorBo
 _PREFERENCE = ("opencv", "ssd", "deeplab", "pspnet", "nvidia", "segnet")
 
 
-@dataclass(frozen=True)
-class Choice:
+class Choice(NamedTuple):
     """The dialect a net is read in, and why."""
 
     name: str | None  # None: the file uses no fork construct whose meaning depends on it

@@ -34,9 +34,8 @@ from __future__ import annotations
 import sys
 import zlib
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any
+from typing import Any, NamedTuple
 
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
@@ -79,8 +78,7 @@ _MESSAGE_PRIVATE = 1000
 _PACKAGE = "caffe"
 
 
-@dataclass(frozen=True)
-class Field:
+class Field(NamedTuple):
     """One field: `type` is a scalar ("float", "int32", ...), a message name ("FillerParameter",
     or one declared earlier), an enum declared in the same message, or another message's enum
     ("PriorBoxParameter.CodeType"). `number` is the fork's."""
@@ -93,16 +91,14 @@ class Field:
     dialects: tuple[str, ...] = ()  # which forks define it (empty: those of the message)
 
 
-@dataclass(frozen=True)
 class Enum:
     """An enum nested in a declared message: Enum("CodeType", CORNER=1, CENTER_SIZE=2)."""
 
-    name: str
-    values: dict[str, int] = field(default_factory=dict)
+    __slots__ = ("name", "values")
 
     def __init__(self, name: str, **values: int) -> None:
-        object.__setattr__(self, "name", name)
-        object.__setattr__(self, "values", values)
+        self.name = name
+        self.values = values
 
 
 _POOL = descriptor_pool.Default()
