@@ -8,6 +8,7 @@ outputs cannot disagree. `explain_layer` says how one layer's top shapes came ab
 from __future__ import annotations
 
 from typing import Any
+from weakref import WeakKeyDictionary
 
 from protocaffe.diagnostics import Diagnostic, suggestion_hint
 from protocaffe.ir.coordmap import CropAlignment, affine_str
@@ -20,7 +21,7 @@ FLOAT32_BYTES = 4
 
 
 def build_report(graph: Graph) -> dict[str, Any]:
-    layers = [_layer_entry(layer) for layer in graph.layers]
+    layers = _layer_entries(graph)
     state = graph.state
     return {
         "schema_version": SCHEMA_VERSION,
@@ -53,6 +54,18 @@ def failure_report(path: str, diagnostics: list[Diagnostic]) -> dict[str, Any]:
         "file": path,
         "diagnostics": [diagnostic_entry(d) for d in diagnostics],
     }
+
+
+# A graph does not change once built, so its layer entries are made once (compile's memory
+# check asks for the report before compile prints it).
+_ENTRIES: WeakKeyDictionary[Graph, list[dict[str, Any]]] = WeakKeyDictionary()
+
+
+def _layer_entries(graph: Graph) -> list[dict[str, Any]]:
+    entries = _ENTRIES.get(graph)
+    if entries is None:
+        entries = _ENTRIES[graph] = [_layer_entry(layer) for layer in graph.layers]
+    return entries
 
 
 def _shape(shape: tuple[int, ...] | None) -> list[int] | None:
