@@ -119,24 +119,32 @@ class _Lexer(Lexer):
     lark's own basic lexer does the same job at about 2.5x the cost per token; parsing speed is
     dominated by per-token Python work, so this matters (see benchmarks/bench_parse.py).
 
-    While `_folding` is set (parse_text's first try), each run of one-line `name: value`
-    fields becomes one SCALARS token (see prototxt.lark), so lark's loop sees a few tokens per
-    layer, not three per field. A field is folded only where the plain tokens are exactly NAME
-    COLON value (no fused key or value, no adjacent string after it): both token streams give
-    the same tree, and every error is reported from a plain re-parse.
+    While `_folding` is set (parse_text's first try), the lexer folds what makes most of a
+    file into fewer tokens (see prototxt.lark): each run of one-line `name: value` fields
+    becomes one SCALARS token and each `name {` one OPEN token, and the whitespace before a
+    token is part of its match. lark's loop then sees a few tokens per layer, not dozens. A
+    field is folded only where the plain tokens are exactly NAME COLON value or NAME [COLON]
+    LBRACE (no fused name or value, no adjacent string after the value): both token streams
+    give the same tree, and every error is reported from a plain re-parse.
     """
 
     def __init__(self, conf: LexerConf):
         terminals = {t.name: t.pattern.to_regexp() for t in conf.terminals}
         groups = [f"(?P<{name}>{regexp})" for name, regexp in terminals.items()]
-        bad = r"(?P<_BAD>[\s\S])"
-        self.pattern = "|".join([*groups, bad])
-        value = "|".join(terminals[name] for name in ("NUMBER", "NAME", "STRING"))
-        # A scalar field, and the line break after it (so a field is one match, not two).
-        scalar = (
-            f"(?P<SCALAR>({terminals['NAME']})[ \\t]*:[ \\t]*({value}))(?P<NL>[ \\t]*\\n[ \\t]*)?"
+        self.pattern = "|".join([*groups, r"(?P<_BAD>[\s\S])"])
+        name, value = (
+            terminals["NAME"],
+            "|".join(terminals[t] for t in ("NUMBER", "NAME", "STRING")),
         )
-        self.folding_regex = re.compile(f"{scalar}|{self.pattern}")
+        folded = [
+            # Groups 1-3: a scalar field, its name, its value. 4-6: `name {`, the name, ':'.
+            f"(?P<SCALAR>({name})[ \\t]*:[ \\t]*({value}))",
+            f"(?P<OPEN>({name})[ \\t]*(:[ \\t]*)?\\{{)",
+            *groups,
+            r"(?P<_BAD>\S)",
+            r"(?P<_END>\Z)",  # trailing whitespace: one match (a possessive \s* never backs off)
+        ]
+        self.folding_regex = re.compile(r"\s*+(?:" + "|".join(folded) + ")")
         self.ignore = frozenset(conf.ignore)
 
     @cached_property
@@ -174,17 +182,15 @@ class _Lexer(Lexer):
         names = _known_field_names()
         run: list[tuple[Tok, bool, Any]] = []  # the fields folded since the last other token
         for m in self.folding_regex.finditer(text):
-            kind = m.lastgroup
-            if kind in ignore:
-                value = m.group()
-                newlines = value.count("\n")
+            start = m.start(m.lastindex)  # type: ignore[arg-type]  # after the whitespace
+            if start > m.start():  # the whitespace before the token: count its lines
+                newlines = text.count("\n", m.start(), start)
                 if newlines:
                     line += newlines
-                    line_start = m.start() + value.rindex("\n") + 1
-                continue
-            start = m.start()
-            if kind == "SCALAR" or kind == "NL":  # NL: a scalar field and its line break
-                key, value = m.group(2, 3)  # the SCALAR group's name and value
+                    line_start = text.rindex("\n", m.start(), start) + 1
+            kind = m.lastgroup
+            if kind == "SCALAR":
+                key, value = m.group(2, 3)
                 first = value[0]
                 if first == '"' or first == "'":
                     token, fusable = "STRING", False
@@ -193,21 +199,20 @@ class _Lexer(Lexer):
                 else:
                     token, fusable = "NUMBER", not value.isdigit()
                 at = m.start(3)
-                if (fusable and _field_follows(text, at + len(value))) or (
+                if (fusable and _field_follows(text, m.end())) or (
                     key[0] in _NAME_VALUE_STARTS and key not in names
                 ):
-                    # The key or the value may be a fused one: the plain tokens split it.
+                    # The name or the value may be a fused one: the plain tokens split it.
                     if run:
                         yield _scalars(run)
                         run = []
-                    yield from self._lex_plain(text, start, m.end(1), line, line_start)
-                else:
-                    item = Tok(token, value, at, line, at - line_start + 1)
-                    name = Tok("NAME", key, start, line, start - line_start + 1)
-                    run.append((name, True, [item] if token == "STRING" else item))
-                if kind == "NL":
-                    line += 1
-                    line_start = text.index("\n", m.end(1)) + 1
+                    yield from self._lex_plain(text, start, m.end(), line, line_start)
+                    continue
+                item = Tok(token, value, at, line, at - line_start + 1)
+                name = Tok("NAME", key, start, line, start - line_start + 1)
+                run.append((name, True, [item] if token == "STRING" else item))
+                continue
+            if kind in ignore or kind == "_END":
                 continue
             if run:
                 if kind == "STRING" and run[-1][2].__class__ is list:
@@ -221,9 +226,29 @@ class _Lexer(Lexer):
                 else:
                     yield _scalars(run)
                 run = []
+            if kind == "OPEN":
+                key = m.group(5)
+                if key[0] in _NAME_VALUE_STARTS and key not in names:
+                    yield from self._lex_plain(text, start, m.end(), line, line_start)
+                    continue
+                brace = m.end() - 1
+                yield Tok(
+                    "OPEN",
+                    (  # type: ignore[arg-type]
+                        Tok("NAME", key, start, line, start - line_start + 1),
+                        m.start(6) >= 0,
+                        Tok("LBRACE", "{", brace, line, brace - line_start + 1),
+                    ),
+                    start,
+                    line,
+                    start - line_start + 1,
+                )
+                continue
             if kind == "_BAD":
                 raise LexError(text, start, line, start - line_start + 1)
-            yield from _tokens(text, kind, m.group(), start, m.end(), line, start - line_start + 1)
+            yield from _tokens(
+                text, kind, m.group(kind), start, m.end(), line, start - line_start + 1
+            )
         if run:
             yield _scalars(run)
 
@@ -399,6 +424,11 @@ class _Callbacks:
     @staticmethod
     def message(c: list) -> tuple:
         return (MSG, c[1], c[0], c[2])
+
+    @staticmethod
+    def block(c: list) -> tuple:
+        name, colon, brace = c[0].value
+        return (name, colon, (MSG, c[1], brace, c[2]))
 
     @staticmethod
     def list(c: list) -> tuple:
