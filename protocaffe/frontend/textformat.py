@@ -766,6 +766,16 @@ def _plans(descriptor: Descriptor, _generation: int) -> dict[str, FieldPlan]:
 # Building messages
 
 
+def _store(msg: Message, plan: FieldPlan, converted: Any) -> None:
+    """Set a singular scalar field (a fork's value may go to another field)."""
+    if converted.__class__ is ForkValue:
+        schema.set_field(msg, converted.field, converted.value)
+    elif plan.fd.is_extension:
+        msg.Extensions[plan.fd] = converted  # type: ignore[index]
+    else:
+        setattr(msg, plan.name, converted)
+
+
 def _region(first: Tok, last: Tok) -> tuple[int, int, int, int]:
     """The SourceMap region from `first` through `last`."""
     return (first.line, first.column, last.line, last.column + len(last.value))
@@ -820,6 +830,24 @@ class _Builder:
             if plan is None:
                 self.unknown_field(msg.DESCRIPTOR, name_tok, fields, value)
                 continue
+            if (
+                colon
+                and value.__class__ is not tuple
+                and not plan.repeated
+                and not plan.is_message
+                and name not in seen
+            ):
+                # Most fields: `name: value`, once. The same as the general case below does.
+                seen[name] = name_tok
+                line, column = name_tok.line, name_tok.column
+                last = value if value.__class__ is Tok else value[-1]
+                field_path = (*path, name)
+                spans[field_path] = (line, column, last.line, last.column + len(last.value))
+                names[field_path] = (line, column, line, column + len(name))
+                converted = self.convert(plan, value)
+                if converted is not _FAILED:
+                    _store(msg, plan, converted)
+                continue
             if value.__class__ is tuple and value[0] is LIST:
                 if not plan.repeated:
                     self.error(
@@ -869,14 +897,8 @@ class _Builder:
                     self.fill(sub, value[1], field_path)
                     continue
                 converted = self.convert(plan, value)
-                if converted is _FAILED:
-                    continue
-                if converted.__class__ is ForkValue:
-                    schema.set_field(msg, converted.field, converted.value)
-                elif plan.fd.is_extension:
-                    msg.Extensions[plan.fd] = converted  # type: ignore[index]
-                else:
-                    setattr(msg, name, converted)
+                if converted is not _FAILED:
+                    _store(msg, plan, converted)
                 continue
             # Repeated: every element gets its own path; the bare field path names the first.
             if field_path not in spans:
