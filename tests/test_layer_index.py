@@ -108,3 +108,18 @@ def test_ignored_fields_are_fork_fields() -> None:
     for message, name in IGNORED:
         fd = schema.fields_by_name(schema.message_class(message).DESCRIPTOR)[name]
         assert fd.is_extension, (message, name)
+
+
+def test_a_fork_field_looked_up_first_declares_them_all() -> None:
+    run = _python(
+        "import sys\n"
+        "from protocaffe.proto import caffe_pb2, schema\n"
+        "pool = caffe_pb2.PoolingParameter.DESCRIPTOR\n"
+        "fields = schema.fields_by_name(pool)\n"
+        "assert 'pool' in fields and not schema._all_declared\n"  # BVLC's: nothing imported
+        "assert 'protocaffe.layers.pooling' not in sys.modules\n"
+        "print(fields['ceil_mode'].is_extension, schema._all_declared)\n"
+        "print('hole' in schema.fields_by_name(caffe_pb2.ConvolutionParameter.DESCRIPTOR))"
+    )
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.split() == ["True", "True", "True"]
