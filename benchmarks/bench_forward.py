@@ -48,7 +48,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help=(
             "with --compile: inductor freezing for the hand-written module too "
-            "(protocaffe's compile() applies it on CPU by itself)"
+            "(protocaffe's compile() freezes only protocaffe-plain, fast_cpu=False)"
         ),
     )
     p.add_argument(
@@ -117,7 +117,7 @@ class Runner:
         if args.channels_last:
             module = module.to(memory_format=torch.channels_last)
         if args.compile and impl.startswith("protocaffe"):
-            module.compile()  # protocaffe's own: inductor freezing on CPU at TEST
+            module.compile()  # protocaffe's own (freezing only with fast_cpu=False)
             self.module = module
         else:
             self.module = torch.compile(module) if args.compile else module

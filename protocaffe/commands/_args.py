@@ -85,7 +85,7 @@ def add_runtime_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--compile",
         action="store_true",
-        help="torch.compile the module (on CPU with inductor freezing)",
+        help="torch.compile the module (inductor's on-disk cache serves later runs)",
     )
     p.add_argument(
         "--seed", type=seed_value, default=0, help="seed for fillers and random inputs (0)"
