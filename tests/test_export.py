@@ -291,6 +291,8 @@ def test_sweep_onnx_matches(name: str, path: Path, shapes: dict, tmp_path: Path)
         checks = check_onnx(model_path, exported, [list(exported.module.input_shapes)])
     except Exception as err:  # onnxruntime refusing the model is a finding, not a crash
         _skip(name, f"onnxruntime cannot run it: {str(err).splitlines()[0][-160:]}")
+    finally:  # up to 1 GB per net, and pytest keeps three runs' tmp_path: ~75 GB of files
+        Path(model_path).unlink(missing_ok=True)
     print(f"SWEEP {name}: max error {checks[0].max_error:.3g} ({checks[0].worst_output})")
     if checks[0].all_zero:  # e.g. only Accuracy outputs, 0 for random weights and labels
         _skip(name, "every output is zero with random weights: the comparison says nothing")
