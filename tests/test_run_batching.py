@@ -122,3 +122,21 @@ def test_a_net_mixing_batch_items_runs_them_one_at_a_time(tmp_path: Path, capsys
     text = json.dumps(json.loads((out / "topk.json").read_text()))
     scores = [float(v) for v in re.findall(r'"score": ([0-9.e+-]+)', text)]
     assert len(scores) == 3 * 5 and all(v == pytest.approx(1.0) for v in scores)
+
+
+def test_a_size_the_net_cannot_take_is_located_and_hinted_when_batching(
+    tmp_path: Path, capsys
+) -> None:
+    proto, weights = make_net(tmp_path, SEGNET.replace("kernel_size: 3 pad: 1", "kernel_size: 5"))
+    images = tmp_path / "images"
+    images.mkdir()
+    for i in range(2):  # two of a size: deciding their batch is where the size is first met
+        make_image(images / f"{i}.png", 3, 3, i)
+    mean = ",".join(map(str, MEAN))
+    argv = [proto, "--weights", weights, "--input", images, "--output", tmp_path / "out"]
+    assert main(["run", *map(str, argv), "--mean", mean, "--device", "cpu"]) == 1
+    err = capsys.readouterr().err
+    assert "net.prototxt:" in err and "kernel 5 (dilated 5) is larger" in err
+    assert f"note: {images / '0.png'}: the net does not take input data 1x3x3x3" in err
+    assert "pass --resize 8,8 to match it" in err
+    assert "Traceback" not in err

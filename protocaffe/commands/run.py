@@ -165,15 +165,15 @@ def _resize_hint(graph: Any) -> str:
     return f"the net was defined for {declared}: pass --resize{size} to match it"
 
 
-def check_resizable(module: Any, shapes: dict[str, tuple[int, ...]], path: Any = None) -> None:
-    """Fail clearly when the net cannot take new input shapes (an InnerProduct after the
-    spatial axes whose loaded weights fix the size, a pooling window larger than its input):
-    the module's InputShapeError, its hint naming --resize."""
+def check_resizable(module: Any, shapes: dict[str, tuple[int, ...]], path: Any = None) -> Any:
+    """The module re-specialised to new input shapes; fails clearly when the net cannot take
+    them (an InnerProduct after the spatial axes whose loaded weights fix the size, a pooling
+    window larger than its input): the module's InputShapeError, its hint naming --resize."""
     from protocaffe.lower.builder import declared_shapes_hint
     from protocaffe.runtime.guards import InputShapeError
 
     try:
-        module.reshaped([shapes[n] for n in module.input_names])
+        return module.reshaped([shapes[n] for n in module.input_names])
     except InputShapeError as err:
         generic = declared_shapes_hint(module.caffe_graph)
         for d in err.diagnostics:
@@ -393,10 +393,10 @@ def _concat(blobs: list[Any]) -> Any:
     return np.concatenate(blobs, axis=0)
 
 
-def batch_size_for(model: Any, given: int | None) -> Callable[[tuple[int, ...]], int] | None:
-    """How many samples of a blob shape run together (None: one at a time, in input order):
-    `--batch-size`, or by default as many as `auto_batch_size` allows when the net computes
-    each batch item on its own (`batch_blocker`)."""
+def batch_size_for(model: Any, given: int | None) -> Callable[[Sample], int] | None:
+    """How many samples of the first one's blob shape run together (None: one at a time, in
+    input order): `--batch-size`, or by default as many as `auto_batch_size` allows when the
+    net computes each batch item on its own (`batch_blocker`)."""
     from protocaffe.runtime.batching import auto_batch_size, batch_blocker
 
     if given is not None:
@@ -404,26 +404,26 @@ def batch_size_for(model: Any, given: int | None) -> Callable[[tuple[int, ...]],
     module = model.module
     if batch_blocker(module.caffe_graph) is not None:
         return None
-    ref = module._reference_tensor()
-    device, dtype = (ref.device, ref.dtype) if ref is not None else ("cpu", "float32")
     sizes: dict[tuple[int, ...], int] = {}
 
-    def size(shape: tuple[int, ...]) -> int:
-        if shape not in sizes:
-            graph = module.reshaped([(1, *shape[1:])]).caffe_graph
-            sizes[shape] = auto_batch_size(graph, dtype, device)
+    def size(first: Sample) -> int:
+        shape = (1, *first.blob.shape[1:])
+        if shape not in sizes:  # a size the net cannot take fails here, located and hinted
+            one = check_resizable(module, {module.input_names[0]: shape}, first.path)
+            sizes[shape] = auto_batch_size(one.caffe_graph, model.dtype, model.device)
         return sizes[shape]
 
     return size
 
 
-def batches(samples: Any, size: Callable[[tuple[int, ...]], int]) -> Any:
-    """Consecutive samples of one blob shape (bar the batch axis), at most `size(shape)` at a
+def batches(samples: Any, size: Callable[[Sample], int]) -> Any:
+    """Consecutive samples of one blob shape (bar the batch axis), at most `size(first)` at a
     time."""
     batch: list[Sample] = []
     for sample in samples:
-        shape = batch[0].blob.shape if batch else None
-        if shape is not None and (shape[1:] != sample.blob.shape[1:] or len(batch) >= size(shape)):
+        if batch and (
+            batch[0].blob.shape[1:] != sample.blob.shape[1:] or len(batch) >= size(batch[0])
+        ):
             yield batch
             batch = []
         batch.append(sample)

@@ -36,10 +36,13 @@ _FAST_DTYPES = (torch.float32, torch.bfloat16)
 _HAS_ONEDNN = torch.backends.mkldnn.is_available()  # read once: compilers cannot trace it
 
 
-def _gemm_is_cheaper(x: torch.Tensor, weight: torch.Tensor, out_hw: int) -> bool:
-    """Weights outnumber the activations: the per-call weight reorder would dominate."""
-    activations = x.shape[0] * (x[0].numel() + weight.shape[0] * out_hw)
-    return weight.numel() > activations
+def _gemm_is_cheaper(
+    x: torch.Tensor, weight: torch.Tensor, groups: int, out_hw: tuple[int, int]
+) -> bool:
+    """Weights outnumber the activations: the per-call weight reorder would dominate. Shapes
+    alone decide, so the compiler's fake kernel makes the same choice as the real one."""
+    activations = x.shape[0] * (x[0].numel() + weight.shape[0] * out_hw[0] * out_hw[1])
+    return groups == 1 and weight.numel() > activations
 
 
 def _int32_safe(
@@ -119,7 +122,7 @@ def _conv2d_cpu(
 ) -> torch.Tensor:
     """The no-autograd CPU kernels: im2col + GEMM where it is cheaper, else fused oneDNN."""
     out_hw = _out_hw(x, weight, stride, padding, dilation)
-    if groups == 1 and _gemm_is_cheaper(x, weight, out_hw[0] * out_hw[1]):
+    if _gemm_is_cheaper(x, weight, groups, out_hw):
         return _conv2d_gemm(x, weight, bias, stride, padding, dilation, relu, out_hw)
     x = x.contiguous(memory_format=torch.channels_last)
     return torch.ops.mkldnn._convolution_pointwise(
@@ -166,10 +169,10 @@ def _(
     groups: int,
     relu: bool,
 ) -> torch.Tensor:
-    # The same shape and memory layout the kernel returns (the choice depends on shapes only).
+    # The same shape and memory layout the kernel returns.
     out_hw = _out_hw(x, weight, stride, padding, dilation)
     shape = (x.shape[0], weight.shape[0], *out_hw)
-    if groups == 1 and _gemm_is_cheaper(x, weight, out_hw[0] * out_hw[1]):
+    if _gemm_is_cheaper(x, weight, groups, out_hw):
         return x.new_empty(shape)
     return x.new_empty(shape).contiguous(memory_format=torch.channels_last)
 
